@@ -1,0 +1,452 @@
+"""The whole GPT in one file.
+
+Read top to bottom: the config, attention (with a KV cache for fast decoding), the MLP, a Transformer
+block, the GPT itself (forward, generate), sampling, the optimizer and MFU, Hugging Face interop, and
+the small runtime helpers every script shares (device, dtype, checkpoints).
+
+Shapes: B = batch, T = time (tokens), C = n_embd, nh = n_head, hs = head size (C // nh), V = vocab.
+References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017).
+"""
+import math
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # maximum context length, in tokens
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # on attention weights and on each residual branch, training only
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+
+
+# -----------------------------------------------------------------------------
+# Attention
+
+
+class KVCache:
+    """The keys and values of every layer for the tokens seen so far.
+
+    Decoding token t then costs one query against t cached keys instead of recomputing all t tokens.
+    Buffers are allocated on first use, in the dtype the keys arrive in (which autocast decides).
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.max_len = max_len
+        self.pos = 0  # positions filled so far; GPT.forward advances it after the last layer
+        self.buffers = [None] * n_layer
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values so far."""
+        B, nh, T, hs = k.shape
+        assert self.pos + T <= self.max_len, "KV cache overflow: the caller must slide the window"
+        if self.buffers[layer] is None:
+            self.buffers[layer] = k.new_empty(2, B, nh, self.max_len, hs)
+        buf = self.buffers[layer]
+        end = self.pos + T
+        buf[0, :, :, self.pos:end] = k
+        buf[1, :, :, self.pos:end] = v
+        return buf[0, :, :, :end], buf[1, :, :, :end]  # (B, nh, end, hs) each
+
+
+def explicit_attention(q, k, v, dropout_p=0.0):
+    """The slow, textbook path: softmax(q k^T / sqrt(hs)) v under a causal mask. Kept for the tests."""
+    T, S = q.size(-2), k.size(-2)  # S >= T when earlier keys come from a KV cache
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+    # query i sits at absolute position S - T + i and may look at keys 0..S - T + i
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    att = F.dropout(att, p=dropout_p)
+    return att @ v  # (B, nh, T, hs)
+
+
+def fast_attention(q, k, v, dropout_p=0.0):
+    """The same maths through torch's fused kernels (flash / memory-efficient where available)."""
+    T, S = q.size(-2), k.size(-2)
+    if T == S:  # no cache, or a prefill: plain causal attention
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if T == 1:  # one new token may look at everything before it: no mask needed
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    # several new tokens after a cached prefix; SDPA's is_causal would align the mask top-left
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = config.n_head
+        self.layer_idx = layer_idx  # which slot of a KVCache is ours
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attend = fast_attention  # tests swap in explicit_attention
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        # split the channels into heads: each head attends independently in its own hs-wide subspace
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = tokens so far
+        y = self.attend(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+
+
+# -----------------------------------------------------------------------------
+# Feed-forward and the Transformer block
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 used the tanh approximation of GELU; matching it keeps Hugging Face logits identical
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x
+
+
+# -----------------------------------------------------------------------------
+# The GPT
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf 2017): reading a token in and writing it out share one matrix
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer), since each block adds two
+        # branches to the residual stream and its variance would otherwise grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count. The position table is left out by default; the token table is not,
+        because it is also the output layer (tied) and does real work there."""
+        n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def hidden_states(self, idx, cache=None):
+        """Token ids (B, T) -> final normalised hidden states (B, T, C)."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size "
+                             f"{self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cache)  # (B, T, C)
+        if cache is not None:
+            cache.pos += T
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(self, idx, targets=None, cache=None):
+        """Return (logits, loss). Targets equal to -1 are ignored. Without targets, only the last
+        position's logits are computed (B, 1, V): that is all generation needs."""
+        x = self.hidden_states(idx, cache)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, V)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context length, e.g. to fine-tune GPT-2 (1024) with a smaller block."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        """Rebuild the model stored in a checkpoint dict (see load_checkpoint)."""
+        try:
+            config = GPTConfig(**ckpt["model_args"])
+        except TypeError as e:
+            raise ValueError(f"the checkpoint's model_args do not fit this model.py ({e})") from None
+        model = cls(config)
+        model.load_state_dict(ckpt["model"])
+        return model
+
+    # -------------------------------------------------------------------------
+    # Generation
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        eos_token=None):
+        """Yield the next token of every row, (B,), one step at a time, using the KV cache.
+
+        Call model.eval() first. A row that has produced eos_token keeps yielding it; the stream
+        ends once every row has. Randomness comes from torch's global RNG (seed it to reproduce).
+        """
+        block = self.config.block_size
+        # one (1, C) x (C, V) product per token: with the weight stored as (C, V) this is about 2x
+        # faster on CPU than F.linear's (V, C) layout (measured in bench.py); built once per call
+        head = self.lm_head.weight.t().contiguous()  # (C, V)
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
+        cache = None
+        for _ in range(max_new_tokens):
+            if cache is None or cache.pos == block:
+                # first step, or the cache is full: slide the window and prefill the last block
+                # tokens afresh, since learned positions make old keys invalid once they shift
+                cache = KVCache(self.config.n_layer, block)
+                x = self.hidden_states(idx[:, -block:], cache)[:, -1]  # (B, C)
+            else:
+                x = self.hidden_states(idx[:, -1:], cache)[:, -1]  # (B, C)
+            next_token = sample_logits(x @ head, temperature, top_k, top_p)  # (B,)
+            if eos_token is not None:
+                next_token = next_token.masked_fill(done, eos_token)
+                done |= next_token == eos_token
+            idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
+            yield next_token
+            if eos_token is not None and done.all():
+                return
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_token=None):
+        """Continue idx (B, T) by up to max_new_tokens; return (B, T + new)."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, eos_token))
+        return torch.cat([idx] + [t[:, None] for t in new], dim=1)
+
+    # -------------------------------------------------------------------------
+    # Optimizer and MFU
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices only: decaying biases and norm gains would pull
+        them toward zero without regularising anything useful."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        grouped = [id(p) for g in groups for p in g["params"]]
+        assert sorted(grouped) == sorted(id(p) for p in params), "each parameter in exactly one group"
+        # the fused kernel updates every tensor in one pass: measured 5x faster than the default
+        # step on CPU (bench.py), and standard on CUDA
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self):
+        """Forward + backward FLOPs per token: 6 per matmul weight (2 forward, 4 backward) plus the
+        attention scores and mixing, 12 * n_layer * T * C (PaLM paper, Chowdhery et al. 2022, app. B)."""
+        cfg = self.config
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
+        """Model FLOPs utilisation: achieved FLOP/s over the peak of the device in use.
+        fwdbwd_per_iter sequences of block_size tokens took dt seconds."""
+        if peak_flops is None:
+            p = next(self.parameters())
+            peak_flops = device_peak_flops(str(p.device), "bfloat16" if p.is_cuda else "float32")
+        achieved = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter / dt
+        return achieved / peak_flops
+
+    # -------------------------------------------------------------------------
+    # Hugging Face interop (the only place transformers is used)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir):
+        """GPT-2 weights from a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local
+        Hugging Face directory (works offline)."""
+        GPT2LMHeadModel = _transformers().GPT2LMHeadModel
+        if os.path.isdir(name_or_dir):
+            hf = GPT2LMHeadModel.from_pretrained(name_or_dir, local_files_only=True)
+        elif name_or_dir in HF_GPT2_NAMES:
+            try:
+                hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+            except OSError as e:
+                raise RuntimeError(
+                    f"could not download '{name_or_dir}' from the Hugging Face hub ({type(e).__name__}); "
+                    "offline, pass a local directory saved with save_pretrained() instead") from None
+        else:
+            raise ValueError(f"'{name_or_dir}' is neither a directory nor one of {', '.join(HF_GPT2_NAMES)}")
+        c = hf.config
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                              n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True))
+        ours = model.state_dict()
+        with torch.no_grad():
+            for key, value in hf.state_dict().items():
+                if key in ours:  # skips HF's non-parameter buffers (attention masks)
+                    ours[key].copy_(value.t() if _is_conv1d(key) else value)
+        return model
+
+    def save_pretrained(self, out_dir):
+        """Write a directory that transformers.AutoModelForCausalLM.from_pretrained() loads."""
+        tf = _transformers()
+        c = self.config
+        hf_config = tf.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                  n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new",
+                                  resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
+                                  tie_word_embeddings=True)
+        hf = tf.GPT2LMHeadModel(hf_config)
+        theirs = hf.state_dict()
+        ours = self.state_dict()
+        with torch.no_grad():
+            for key, value in theirs.items():
+                if key in ours:
+                    value.copy_(ours[key].t() if _is_conv1d(key) else ours[key])
+                elif key.endswith(".bias") and key[:-5] + ".weight" in ours:
+                    value.zero_()  # bias=False is the same model as GPT-2 with zero biases
+        hf.save_pretrained(out_dir)
+
+
+HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def _is_conv1d(key):
+    """HF GPT-2 stores these as Conv1D, (in, out): the transpose of nn.Linear's (out, in)."""
+    return key.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"))
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("Hugging Face interop needs transformers: pip install transformers") from None
+    return transformers
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set to -inf every logit outside the top_k largest, then outside the nucleus: the smallest
+    set of most likely tokens whose probabilities sum to at least top_p (Holtzman et al. 2019)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
+        probs = sorted_logits.softmax(dim=-1)
+        # a token is dropped when the more likely ones before it already reach top_p
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p  # (B, V), the top token never drops
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Pick the next token from logits (B, V): greedy at temperature 0, else sample."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1)[:, 0]  # (B,)
+
+
+# -----------------------------------------------------------------------------
+# Device peak FLOP/s, for MFU
+
+# Dense 16-bit tensor-core peaks from the vendors' datasheets, in FLOP/s. The first name contained
+# in torch.cuda.get_device_name() wins, so the more specific names come first.
+GPU_PEAK_FLOPS = {
+    "H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
+    "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+@lru_cache(maxsize=None)
+def device_peak_flops(device, dtype):
+    """Peak FLOP/s of the device in use: from the table for a known GPU, else measured."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, peak in GPU_PEAK_FLOPS.items():
+            if key in name:
+                # fp32 matmuls run as TF32 on these tensor cores: half the 16-bit rate
+                return peak / 2 if dtype == "float32" else peak
+    return measured_matmul_flops(device, dtype)
+
+
+def measured_matmul_flops(device, dtype, n=1024, repeats=10):
+    """Best FLOP/s of a square matmul: the practical peak of a CPU (or an unknown accelerator)."""
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    best = float("inf")
+    for _ in range(repeats):
+        _synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# -----------------------------------------------------------------------------
+# Checkpoint files: written by train.py, read by train.py (resume), sample.py and bench.py
+
+
+def save_checkpoint(path, ckpt):
+    """Write atomically: a crash or Ctrl-C mid-write leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint saved by save_checkpoint, safely (tensors and plain values only)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})"[:300]) from None
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not a sprout checkpoint (it has no model_args and model)")
+    return ckpt
