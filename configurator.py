@@ -1,8 +1,17 @@
 """Typed command-line and config-file overrides, and one-line errors for user mistakes.
 
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+
+A script keeps its settings in one dict of defaults; configure() returns a copy with overrides applied:
+config files first (Python files run with the defaults in scope, in the order given), then
+`--key=value` flags, so a flag always wins. Every value must have its default's type.
 """
+import ast
+import contextlib
+import difflib
 import sys
+import types
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -19,3 +28,147 @@ def run(main):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def configure(defaults, argv):
+    """Return a copy of `defaults` with the config files and `--key=value` flags in argv applied."""
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: python {Path(sys.argv[0]).name} [config.py ...] [--key=value ...]\n")
+        print(format_config(defaults, defaults))
+        raise SystemExit(0)
+    config = dict(defaults)
+    flags = [a for a in argv if a.startswith("-")]
+    for path in [a for a in argv if not a.startswith("-")]:
+        _apply_file(path, config, defaults)
+    for flag in flags:
+        key, eq, text = flag.removeprefix("--").partition("=")
+        if not eq and isinstance(defaults.get(key), bool):  # a bare --flag turns a switch on: --chat
+            eq, text = "=", "True"
+        if not flag.startswith("--") or not eq or not key:
+            raise UserError(f"cannot read {flag!r}: write options as --key=value")
+        _check_known(key, defaults, f"unknown option --{key}", prefix="--")
+        config[key] = _check_type(key, _parse(text, defaults[key]), defaults[key], f"--{key}={text}")
+    return config
+
+
+def _apply_file(path, config, defaults):
+    """Run a config file with the current settings in scope; keep what it sets, type-checked."""
+    file = Path(path)
+    if not file.is_file():
+        hint = " (options are written --key=value)" if "=" in path else ""
+        raise UserError(f"config file not found: {path}{hint}")
+    scope = dict(config)
+    try:
+        exec(compile(file.read_text(), str(file), "exec"), scope)
+    except SyntaxError as e:
+        raise UserError(f"{path} line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # the user's own Python: report it as one line naming the file
+        line = _last_line_in(e, str(file))
+        raise UserError(f"{path}{line}: {type(e).__name__}: {e}") from None
+    for key, value in scope.items():
+        # Helpers a config file may define for itself: _private names, imports and functions.
+        if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        _check_known(key, defaults, f"{path} sets unknown key {key!r}")
+        config[key] = _check_type(key, value, defaults[key], path)
+
+
+def _last_line_in(error, filename):
+    """' line N' of the innermost frame of `error` that ran in `filename`, or ''."""
+    line, tb = "", error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = f" line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
+
+
+def _check_known(key, defaults, message, prefix=""):
+    if key not in defaults:
+        near = [prefix + k for k in difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.6)]
+        hint = f"did you mean {' or '.join(near)}?" if near else "run with --help to list the options"
+        raise UserError(f"{message}; {hint}")
+
+
+def _parse(text, default):
+    """The Python value a flag's text stands for; bare text stays a string where one is expected."""
+    if text.lower() in ("true", "false") and not isinstance(default, str):
+        return text.lower() == "true"
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text  # e.g. --device=cuda:1 or --dataset=tinystories
+    if isinstance(default, str) and not isinstance(value, str):
+        return text  # --out_dir=123 means the folder "123"
+    return value
+
+
+def _check_type(key, value, default, shown):
+    """`value` converted to the default's type, or a UserError naming key, value and expected type."""
+    if default is None:
+        return value  # no type to hold it to
+    kind = type(default)
+    if kind is float and type(value) in (int, float):
+        return float(value)
+    if kind is int and type(value) is float and value.is_integer():
+        return int(value)  # --max_iters=5e3
+    if type(value) is kind or (kind not in (bool, int, float) and isinstance(value, kind)):
+        return value
+    a = "an" if kind.__name__[0] in "aeiou" else "a"
+    raise UserError(f"{shown}: {key} must be {a} {kind.__name__} (default {default!r}), got {value!r}")
+
+
+def format_config(config, defaults, derived=None):
+    """The resolved settings, one per line, `*` marking those changed from the default; then
+    `derived`, a dict of values computed from them (e.g. tokens per iteration)."""
+    width = max(len(k) for k in [*config, *(derived or {})])
+    lines = ["settings (* = changed from the default):"]
+    for key, value in config.items():
+        changed = "*" if key in defaults and value != defaults[key] else " "
+        lines.append(f" {changed}{key:<{width}} = {value!r}")
+    if derived:
+        lines.append("derived:")
+        lines += [f"  {key:<{width}} = {value}" for key, value in derived.items()]
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Device and dtype: resolved in one place for train.py, sample.py and bench.py.
+# torch is imported inside, so that reading a config stays instant.
+
+
+def pick_device(device="auto"):
+    """'auto' picks cuda, then Apple's mps, then cpu; an explicit choice is checked."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' was asked for but CUDA is not available; use --device=cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' was asked for but is not available; use --device=cpu")
+    return device
+
+
+def pick_dtype(device, dtype="auto"):
+    """'auto': bfloat16 on GPUs that have it, else float16 (with a GradScaler); float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"dtype '{dtype}' is not one of float32, bfloat16, float16")
+    return dtype
+
+
+def autocast(device, dtype):
+    """Mixed precision for the forward pass: matmuls in dtype, reductions kept in float32."""
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))

@@ -1,8 +1,10 @@
 """The whole GPT in one file.
 
-Read top to bottom: the config, attention (with a KV cache for fast decoding), the MLP, a Transformer
-block, the GPT itself (forward, generate), sampling, the optimizer and MFU, Hugging Face interop, and
-the small runtime helpers every script shares (device, dtype, checkpoints).
+Read top to bottom: the config, attention (with a KV cache for fast decoding), the feed-forward
+layers, a Transformer block, the GPT itself (forward, generate), sampling, the optimizer and MFU,
+Hugging Face interop, and the checkpoint files every script shares. The defaults are GPT-2; the
+variants (RoPE, SwiGLU, RMSNorm, Mixture of Experts, gradient checkpointing) sit beside the parts
+they replace and are chosen in one place each: make_norm, make_mlp, GPT.hidden_states.
 
 Shapes: B = batch, T = time (tokens), C = n_embd, nh = n_head, hs = head size (C // nh), V = vocab.
 References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017).
@@ -16,6 +18,7 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -27,6 +30,27 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0  # on attention weights and on each residual branch, training only
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+    # variants; the defaults are GPT-2, which save_pretrained can write in Hugging Face's format
+    pos_emb: str = "learned"  # 'learned' (a table of positions) or 'rope' (rotary, see apply_rope)
+    rope_base: float = 10000.0  # RoPE's slowest rotation turns once every ~2*pi*rope_base positions
+    mlp: str = "gelu"  # 'gelu' (GPT-2) or 'swiglu' (see SwiGLU)
+    norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm' (see make_norm)
+    n_expert: int = 0  # 0: one dense MLP per block; E >= 1: a mixture of E expert MLPs (see MoE)
+    n_expert_active: int = 2  # k: experts each token is sent to
+    aux_loss_coef: float = 0.01  # weight of MoE's load-balancing loss in the training loss
+    grad_checkpoint: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+
+    def __post_init__(self):
+        choices = dict(pos_emb=("learned", "rope"), mlp=("gelu", "swiglu"), norm=("layernorm", "rmsnorm"))
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
+        if self.n_expert and not 1 <= self.n_expert_active <= self.n_expert:
+            raise ValueError(f"n_expert_active must be 1..n_expert={self.n_expert}, "
+                             f"not {self.n_expert_active}")
+        if self.pos_emb == "rope" and self.n_embd // self.n_head % 2:
+            raise ValueError(f"pos_emb='rope' rotates channel pairs: the head size n_embd // n_head = "
+                             f"{self.n_embd // self.n_head} must be even")
 
 
 # -----------------------------------------------------------------------------
@@ -34,11 +58,9 @@ class GPTConfig:
 
 
 class KVCache:
-    """The keys and values of every layer for the tokens seen so far.
-
-    Decoding token t then costs one query against t cached keys instead of recomputing all t tokens.
-    Buffers are allocated on first use, in the dtype the keys arrive in (which autocast decides).
-    """
+    """The keys and values of every layer for the tokens seen so far: decoding token t then costs one
+    query against t cached keys instead of recomputing all t tokens. Buffers are allocated on first
+    use, in the dtype the keys arrive in (which autocast decides)."""
 
     def __init__(self, n_layer, max_len):
         self.max_len = max_len
@@ -81,6 +103,24 @@ def fast_attention(q, k, v, dropout_p=0.0):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+def rope_tables(config):
+    """cos and sin of every position's rotation angles, (block_size, hs/2) each. Channel pair i turns
+    by pos * base^(-2i/hs) radians: fast-turning pairs resolve nearby tokens, slow ones far ones."""
+    hs = config.n_embd // config.n_head
+    freqs = config.rope_base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), freqs)  # (block_size, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotary position embedding (RoFormer, Su et al. 2021): rotate channel pairs (i, i + hs/2) of
+    x (B, nh, T, hs) by angles given per position, cos and sin (T, hs/2). A query at position m and
+    a key at n are rotated by m and n, so their dot product depends only on m - n: attention sees
+    relative positions, and cached keys stay valid as decoding moves on."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each; rotated in float32 for accuracy
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)  # (B, nh, T, hs)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
@@ -93,13 +133,15 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = fast_attention  # tests swap in explicit_attention
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rope=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
         # split the channels into heads: each head attends independently in its own hs-wide subspace
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:  # before caching: keys are stored rotated to their absolute positions
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = tokens so far
         y = self.attend(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
@@ -108,7 +150,22 @@ class CausalSelfAttention(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Feed-forward and the Transformer block
+# Feed-forward layers and the Transformer block
+
+
+def make_norm(config):
+    """GPT-2's LayerNorm, or RMSNorm (Zhang & Sennrich 2019): only a rescale to unit root mean square,
+    with no mean subtraction and no bias; cheaper, and trains as well."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def make_mlp(config, experts=True):
+    """The feed-forward layer: GELU (GPT-2) or SwiGLU, as one dense layer or a mixture of experts."""
+    if config.n_expert and experts:
+        return MoE(config)
+    return SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
 
 class MLP(nn.Module):
@@ -124,18 +181,73 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
 
 
+class SwiGLU(nn.Module):
+    """SwiGLU (GLU Variants Improve Transformer, Shazeer 2020): silu(x W_gate) * (x W_up), then W_down.
+    Three matrices instead of two, so the hidden width shrinks from 4C to ~8C/3 to keep the parameter
+    count; rounded up to a multiple of 64, which matmul kernels run faster."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = -(-8 * config.n_embd // 3 // 64) * 64  # e.g. 384 -> 1024, 512 -> 1408
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # gate and up at once
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.dropout(self.c_proj(F.silu(gate) * up))  # (B, T, C)
+
+
+class MoE(nn.Module):
+    """Mixture of Experts: E expert MLPs, and a router that sends each token to its top k. The block
+    gains E times the feed-forward parameters for about k times the compute. Dropless: every token
+    reaches exactly k experts, however unevenly the router splits them (no capacity limit)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.k = config.n_expert_active
+        self.router = nn.Linear(config.n_embd, config.n_expert, bias=False)
+        self.experts = nn.ModuleList([make_mlp(config, experts=False) for _ in range(config.n_expert)])
+        self.aux_loss = None  # set by each forward
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)  # (N, C): tokens are routed one by one
+        probs = self.router(x).softmax(dim=-1)  # (N, E)
+        weights, chosen = probs.topk(self.k, dim=-1)  # (N, k) each
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # the k chosen experts' shares sum to 1
+        y = torch.zeros_like(x)  # (N, C)
+        for e, expert in enumerate(self.experts):
+            # the tokens that chose expert e, and in which of their k slots; an expert chosen by
+            # none still runs (on zero rows) so every parameter gets a gradient, as DDP expects
+            token, slot = torch.where(chosen == e)  # (n_e,) each
+            out = expert(x[token]) * weights[token, slot, None]  # (n_e, C)
+            y.index_add_(0, token, out.to(y.dtype))
+        self.aux_loss = load_balancing_loss(probs, chosen)
+        return y.view(B, T, C)
+
+
+def load_balancing_loss(probs, chosen):
+    """Switch Transformer's auxiliary loss (Fedus et al. 2021), with top-k: E * sum_e f_e * P_e, where
+    f_e is the share of routing slots given to expert e and P_e its mean router probability (N, E).
+    Only P_e has a gradient; the loss is smallest, 1, when routing is uniform (f = P = 1/E)."""
+    E = probs.size(-1)
+    f = F.one_hot(chosen, E).float().mean(dim=(0, 1))  # (E,), sums to 1
+    return E * (f * probs.mean(dim=0)).sum()
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = make_mlp(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
+    def forward(self, x, cache=None, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, rope)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
 
@@ -150,11 +262,17 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+            # learned position embeddings; RoPE has none, it rotates q and k in every layer instead
+            wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config),
         ))
+        if config.pos_emb == "rope":  # not saved in checkpoints: recomputed from the config
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.last_aux_loss = None  # MoE's load-balancing loss of the latest forward
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying (Press & Wolf 2017): reading a token in and writing it out share one matrix
         self.lm_head.weight = self.transformer.wte.weight
@@ -175,7 +293,7 @@ class GPT(nn.Module):
         """Parameter count. The position table is left out by default; the token table is not,
         because it is also the output layer (tied) and does real work there."""
         n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
-        if non_embedding:
+        if non_embedding and self.transformer.wpe is not None:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -186,30 +304,44 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size "
                              f"{self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C)
+        else:  # the rotations for positions start..start+T, which every attention layer applies
+            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hs/2) each
         x = self.transformer.drop(x)
+        # gradient checkpointing keeps only each block's input for backward and recomputes the rest
+        # there: activation memory of one block instead of all, for about one more forward pass
+        recompute = self.config.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x, cache)  # (B, T, C)
+            x = checkpoint(block, x, cache, rope, use_reentrant=False) if recompute else block(x, cache, rope)
         if cache is not None:
             cache.pos += T
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(self, idx, targets=None, cache=None):
         """Return (logits, loss). Targets equal to -1 are ignored. Without targets, only the last
-        position's logits are computed (B, 1, V): that is all generation needs."""
+        position's logits are computed (B, 1, V): that is all generation needs. With experts, the
+        load-balancing loss (mean over layers, in self.last_aux_loss) joins the loss in training
+        mode only, so an evaluation's loss is pure cross-entropy, comparable across variants."""
         x = self.hidden_states(idx, cache)  # (B, T, C)
+        if self.config.n_expert:
+            self.last_aux_loss = torch.stack([block.mlp.aux_loss for block in self.transformer.h]).mean()
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, V)
         logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        if self.config.n_expert and self.training:
+            loss = loss + self.config.aux_loss_coef * self.last_aux_loss
         return logits, loss
 
     def crop_block_size(self, block_size):
         """Shrink the context length, e.g. to fine-tune GPT-2 (1024) with a smaller block."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.transformer.wpe is not None:  # RoPE's tables are simply longer than needed
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_checkpoint(cls, ckpt):
@@ -228,11 +360,9 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                         eos_token=None):
-        """Yield the next token of every row, (B,), one step at a time, using the KV cache.
-
-        Call model.eval() first. A row that has produced eos_token keeps yielding it; the stream
-        ends once every row has. Randomness comes from torch's global RNG (seed it to reproduce).
-        """
+        """Yield the next token of every row, (B,), one step at a time, using the KV cache. Call
+        model.eval() first. A row that has produced eos_token keeps yielding it; the stream ends once
+        every row has. Randomness comes from torch's global RNG (seed it to reproduce)."""
         block = self.config.block_size
         # one (1, C) x (C, V) product per token: with the weight stored as (C, V) this is about 2x
         # faster on CPU than F.linear's (V, C) layout (measured in bench.py); built once per call
@@ -241,8 +371,8 @@ class GPT(nn.Module):
         cache = None
         for _ in range(max_new_tokens):
             if cache is None or cache.pos == block:
-                # first step, or the cache is full: slide the window and prefill the last block
-                # tokens afresh, since learned positions make old keys invalid once they shift
+                # first step, or the cache is full: slide the window and prefill the last block tokens
+                # afresh, since every cached key was computed with the dropped tokens in its context
                 cache = KVCache(self.config.n_layer, block)
                 x = self.hidden_states(idx[:, -block:], cache)[:, -1]  # (B, C)
             else:
@@ -281,7 +411,11 @@ class GPT(nn.Module):
         """Forward + backward FLOPs per token: 6 per matmul weight (2 forward, 4 backward) plus the
         attention scores and mixing, 12 * n_layer * T * C (PaLM paper, Chowdhery et al. 2022, app. B)."""
         cfg = self.config
-        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+        n = self.get_num_params()
+        if cfg.n_expert:  # each token passes through only k of the E experts
+            experts = sum(p.numel() for block in self.transformer.h for p in block.mlp.experts.parameters())
+            n -= experts * (cfg.n_expert - cfg.n_expert_active) // cfg.n_expert
+        return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
         """Model FLOPs utilisation: achieved FLOP/s over the peak of the device in use.
@@ -323,17 +457,20 @@ class GPT(nn.Module):
 
     def save_pretrained(self, out_dir):
         """Write a directory that transformers.AutoModelForCausalLM.from_pretrained() loads."""
-        tf = _transformers()
         c = self.config
+        for key, gpt2s in (("pos_emb", "learned"), ("mlp", "gelu"), ("norm", "layernorm"), ("n_expert", 0)):
+            if getattr(c, key) != gpt2s:
+                raise ValueError(f"save_pretrained: {key}={getattr(c, key)!r} has no place in GPT-2's "
+                                 f"Hugging Face format (it needs {key}={gpt2s!r})")
+        tf = _transformers()
         hf_config = tf.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
                                   n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new",
                                   resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
                                   tie_word_embeddings=True)
         hf = tf.GPT2LMHeadModel(hf_config)
-        theirs = hf.state_dict()
         ours = self.state_dict()
         with torch.no_grad():
-            for key, value in theirs.items():
+            for key, value in hf.state_dict().items():
                 if key in ours:
                     value.copy_(ours[key].t() if _is_conv1d(key) else ours[key])
                 elif key.endswith(".bias") and key[:-5] + ".weight" in ours:
@@ -411,21 +548,18 @@ def device_peak_flops(device, dtype):
 
 def measured_matmul_flops(device, dtype, n=1024, repeats=10):
     """Best FLOP/s of a square matmul: the practical peak of a CPU (or an unknown accelerator)."""
-    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    # a private generator: drawing from torch's global RNG would shift the caller's dropout masks
+    gen = torch.Generator(device).manual_seed(0)
+    a, b = torch.randn(2, n, n, generator=gen, device=device, dtype=getattr(torch, dtype))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None  # wait for the GPU
     best = float("inf")
     for _ in range(repeats):
-        _synchronize(device)
+        sync()
         t0 = time.perf_counter()
         a @ b
-        _synchronize(device)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
-
-
-def _synchronize(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # -----------------------------------------------------------------------------

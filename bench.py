@@ -1,0 +1,430 @@
+"""Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
+
+    python bench.py                                   # every section, a few minutes on 2 CPU cores
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu
+    python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
+    python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
+
+Sections:
+  train    ms/iter, tokens/s and MFU of train.py's own training step (train.train_step) on a
+           synthetic dataset, after warm-up, median of several iterations. Default: the CPU
+           shakespeare_char recipe (block 64, batch 12, 4 layers, 4 heads, 128 wide, vocab 65).
+  sample   decoding tokens/s of a 6-layer, 384-wide GPT-2-vocabulary model for 500 new tokens,
+           with the KV cache (GPT.generate_stream, what sample.py runs) and without it (a full
+           forward over the context for every token), batch 1 and 8, same weights and seed.
+  prepare  tokens/s and peak memory of `prepare.py --input=...` on a ~10 MB corpus built from
+           ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
+  cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
+           bounds decoding (each new token reads every weight once).
+Every figure comes with the device, torch version and thread count (bench.json's "env").
+"""
+import inspect
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import redirect_stdout
+from functools import lru_cache
+from io import StringIO
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import configurator
+from configurator import UserError, pick_device, pick_dtype
+from model import GPT, GPTConfig, measured_matmul_flops, sample_logits
+
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
+SHARED_DATA = SHARED / "data"
+SECTIONS = ("cpu", "train", "sample", "prepare")  # run in this order: cpu's bandwidth bounds sampling
+
+BENCH_DEFAULTS = dict(
+    only="train,sample,prepare,cpu",  # comma-separated sections to run
+    quick=False,  # tiny sizes everywhere: checks that the script runs, not how fast anything is
+    out="bench.json",  # where the results go
+    threads=0,  # torch threads; 0 = torch's default (one per core)
+    warmup_iters=5,  # training steps run before timing
+    timed_iters=20,  # training steps timed; the median is reported
+    vocab_size=65,  # the synthetic training set's vocabulary: 65 like shakespeare_char, 50257 GPT-2
+    new_tokens=500,  # tokens each decoding run generates
+    corpus_mb=10.0,  # size of the prepare corpus
+    num_proc=0,  # tokenizer processes for both ways of preparing it; 0 = one per core
+)
+# The CPU shakespeare_char recipe from the README, on top of train.py's defaults.
+TRAIN_RECIPE = dict(device="auto", dtype="auto", compile=False, block_size=64, batch_size=12, n_layer=4,
+                    n_head=4, n_embd=128, dropout=0.0, gradient_accumulation_steps=1)
+SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
+# --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
+# pools can take many times longer to start than the tiny work they do
+QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1)
+QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def bench_train(cfg, device):
+    """Time train.py's step on the configured model, reading batches from a synthetic dataset."""
+    import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_random_dataset(tmp, cfg.vocab_size, n_tokens=max(100_000, 4 * cfg.block_size))
+        tcfg = SimpleNamespace(**{k: getattr(cfg, k) for k in train.DEFAULTS} | dict(
+            data_dir=tmp, out_dir=os.path.join(tmp, "out"), init_from="scratch", eval_only=False,
+            wandb_log=False, device=device))
+        with redirect_stdout(StringIO()):  # train.py's config printout
+            rt = train.setup(tcfg)
+            run = train.prepare_run(tcfg, rt)
+        times = []
+        for i in range(cfg.warmup_iters + cfg.timed_iters):
+            starts = run.splits["train"].starts(run.batch_rng, (rt.accum, cfg.batch_size))  # (accum, B)
+            t0 = time.perf_counter()
+            train.train_step(run, starts, tcfg, rt, want_loss=True).item()  # .item() waits for the device
+            if i >= cfg.warmup_iters:
+                times.append(time.perf_counter() - t0)
+        peak_mb = step_peak_memory_mb(lambda: train.train_step(run, starts, tcfg, rt, want_loss=True).item(),
+                                      rt.device)
+    dt = statistics.median(times)
+    model = run.raw_model
+    return {"step": "train.train_step", "ms_per_iter": dt * 1000, "tokens_per_s": run.tokens_per_iter / dt,
+            "mfu": model.estimate_mfu(cfg.batch_size * rt.accum, dt), "timed_iters": cfg.timed_iters,
+            "warmup_iters": cfg.warmup_iters, "dtype": rt.dtype, "compile": rt.compile,
+            "params": model.get_num_params(), "tokens_per_iter": run.tokens_per_iter,
+            "step_peak_memory_mb": peak_mb,
+            "model": {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                                   "gradient_accumulation_steps", "dropout", "bias")}
+            | {"vocab_size": model.config.vocab_size}, "variants": variant_settings(model.config)}
+
+
+def step_peak_memory_mb(step, device):
+    """Peak memory one call of step() allocates above what was held before it (activations, gradients,
+    optimizer temporaries): CUDA's allocator counters, or on a CPU, which has none, the running total
+    of the allocations and frees torch's profiler records. None on other devices."""
+    if device.startswith("cuda"):
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        return (torch.cuda.max_memory_allocated(device) - base) / 1e6
+    if device != "cpu":
+        return None
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    total = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        total += event.self_cpu_memory_usage  # + bytes allocated, - bytes freed, by this op alone
+        peak = max(peak, total)
+    return peak / 1e6
+
+
+def variant_settings(config):
+    """The model variants (model.py) that differ from GPT-2's defaults, e.g. {"pos_emb": "rope"}."""
+    default = GPTConfig()
+    keys = ("pos_emb", "mlp", "norm", "n_expert", "n_expert_active", "grad_checkpoint")
+    return {k: getattr(config, k) for k in keys if getattr(config, k) != getattr(default, k)}
+
+
+def write_random_dataset(data_dir, vocab_size, n_tokens):
+    """train.bin, val.bin and meta.json as prepare.py writes them, holding random tokens."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        rng.integers(0, vocab_size, n_tokens, dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
+    if vocab_size <= 256:  # a character vocabulary like shakespeare_char's
+        meta = {"tokenizer": "char", "chars": [chr(32 + i) for i in range(vocab_size)], "eot_token": None}
+    else:
+        meta = {"tokenizer": "gpt2", "eot_token": 50256}
+    meta |= {"name": "bench", "vocab_size": vocab_size, "dtype": "uint16", "train_tokens": n_tokens,
+             "val_tokens": n_tokens, "source": "random", "command": "bench.py"}
+    Path(data_dir, "meta.json").write_text(json.dumps(meta))
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+
+def bench_sample(cfg, device):
+    """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed."""
+    from sample import DEFAULTS as SAMPLE_DEFAULTS
+
+    torch.manual_seed(cfg.seed)
+    shape = QUICK_SAMPLE_MODEL if cfg.quick else SAMPLE_MODEL
+    model = GPT(GPTConfig(**shape)).to(device, getattr(torch, cfg.dtype)).eval()  # as sample.py runs it
+    settings = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
+    runs = {}
+    for batch in (1, 8):
+        for cache in (True, False):
+            decode = decode_with_cache if cache else decode_without_cache
+            idx = torch.zeros(batch, 1, dtype=torch.long, device=device)  # a one-token prompt
+            decode(model, idx, 2, **settings)  # warm-up: first-call allocations
+            torch.manual_seed(cfg.seed)
+            t0 = time.perf_counter()
+            decode(model, idx, cfg.new_tokens, **settings)
+            dt = time.perf_counter() - t0
+            runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = {
+                "tokens_per_s": batch * cfg.new_tokens / dt, "seconds": dt, "batch": batch}
+    # Decoding one token reads every weight once (the batch shares the read): the speed the memory
+    # bus allows. Measured here, 2026-11: cached batch 1 ran at about 75% of this bound (see README).
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound = memory_bandwidth(device) / weight_bytes
+    return {"model": shape, "params": model.get_num_params(), "new_tokens": cfg.new_tokens,
+            "prompt_tokens": 1, "sampling": settings, **runs,
+            "batch8_over_batch1": runs["cache_batch8"]["tokens_per_s"] / runs["cache_batch1"]["tokens_per_s"],
+            "weight_mb": weight_bytes / 1e6, "memory_bound_tokens_per_s": bound,
+            "cache_batch1_share_of_bound": runs["cache_batch1"]["tokens_per_s"] / bound}
+
+
+def decode_with_cache(model, idx, n, temperature, top_k, top_p):
+    """n new tokens through the KV cache: what sample.py does."""
+    for _ in model.generate_stream(idx, n, temperature, top_k or None, top_p):
+        pass
+
+
+@torch.no_grad()
+def decode_without_cache(model, idx, n, temperature, top_k, top_p):
+    """n new tokens the slow way: every token runs the whole (cropped) context through the model."""
+    for _ in range(n):
+        logits, _ = model(idx[:, -model.config.block_size:])  # (B, 1, V)
+        next_token = sample_logits(logits[:, -1], temperature, top_k or None, top_p)  # (B,)
+        idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
+    return idx
+
+
+# -----------------------------------------------------------------------------
+# CPU (or device) peaks
+
+
+def bench_cpu(cfg, device):
+    n = 256 if cfg.quick else 1024
+    dtype = "float32"
+    return {"matmul_gflops": measured_matmul_flops(device, dtype, n=n) / 1e9, "matmul_n": n,
+            "matmul_dtype": dtype, "memory_gb_s": memory_bandwidth(device, quick=cfg.quick) / 1e9}
+
+
+@lru_cache(maxsize=None)
+def memory_bandwidth(device, quick=False):
+    """Bytes per second moved by a large copy (read + write), best of several: above cache sizes,
+    so it is the memory bus's practical speed."""
+    src = torch.ones((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(3 if quick else 10):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best
+
+
+# -----------------------------------------------------------------------------
+# prepare.py
+
+
+def bench_prepare(cfg):
+    """prepare.py against the usual datasets.map recipe, each as a subprocess, on the same corpus."""
+    if not SHARED_DATA.is_dir():
+        return {"skipped": f"no sample corpora at {SHARED_DATA}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = build_corpus(Path(tmp, "corpus.txt"), int(cfg.corpus_mb * 1e6))
+        out_dir = Path(tmp, "data")
+        num_proc = cfg.num_proc or os.cpu_count()
+        ours = measure_process([sys.executable, "prepare.py", f"--input={corpus}", "--name=bench",
+                                f"--out_dir={out_dir}", f"--num_proc={num_proc}"])
+        meta = json.loads((out_dir / "bench" / "meta.json").read_text())
+        ours["tokens"] = meta["train_tokens"] + meta["val_tokens"]
+        baseline_out = Path(tmp, "baseline.bin")
+        # the function's own source, run in a fresh interpreter that never imports torch (as bench does)
+        code = f"{inspect.getsource(baseline_prepare)}\nbaseline_prepare({str(corpus)!r}, {str(baseline_out)!r}, {num_proc})"
+        base = measure_process([sys.executable, "-c", code], env={"HF_DATASETS_CACHE": tmp})
+        base["tokens"] = baseline_out.stat().st_size // 2
+        corpus_mb = corpus.stat().st_size / 1e6
+    for result in (ours, base):
+        result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    return {"corpus_mb": corpus_mb, "num_proc": num_proc, "prepare_py": ours, "datasets_map": base,
+            "speedup": ours["tokens_per_s"] / base["tokens_per_s"]}
+
+
+def build_corpus(path, size):
+    """Copies of the shared sample corpora, concatenated to about `size` bytes."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SHARED_DATA.glob("*.txt"))]
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for text in itertools.cycle(texts):
+            if written >= size:
+                return path
+            text = text[:size - written] + "\n\n"
+            f.write(text)
+            written += len(text.encode("utf-8"))
+
+
+def baseline_prepare(corpus, out_path, num_proc):
+    """The usual recipe, for comparison: a datasets.Dataset of documents, a per-document
+    tiktoken encode in datasets.map, and one np.concatenate of everything in memory."""
+    from pathlib import Path
+
+    import datasets
+    import numpy as np
+    import tiktoken
+
+    datasets.disable_progress_bars()
+    enc = tiktoken.get_encoding("gpt2")
+    docs = [d for d in Path(corpus).read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    ds = datasets.Dataset.from_dict({"text": docs})
+    tokenized = ds.map(lambda doc: {"ids": enc.encode_ordinary(doc["text"]) + [enc.eot_token]},
+                       remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
+    np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
+
+
+def measure_process(command, env=None):
+    """Run a command in the repo; its wall time and peak memory, polled from /proc: the largest
+    single process's RSS, and the whole tree's PSS (shared pages counted once) for worker pools."""
+    env = {**os.environ, **(env or {})}
+    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():
+        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks = {"rss": 0, "pss": 0}
+    poller = threading.Thread(target=_poll_memory, args=(proc, peaks), daemon=True)
+    t0 = time.perf_counter()
+    poller.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    poller.join()
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(command[:3])} failed: {err.strip().splitlines()[-1] if err.strip() else ''}")
+    return {"seconds": seconds, "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_total_mb": peaks["pss"] / 1e6}
+
+
+def _poll_memory(proc, peaks, interval=0.01):
+    while proc.poll() is None:
+        rss, pss = 0, 0
+        for pid in _process_tree(proc.pid):
+            rss = max(rss, _proc_kb(f"/proc/{pid}/status", "VmRSS:") * 1024)
+            pss += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
+        peaks["rss"], peaks["pss"] = max(peaks["rss"], rss), max(peaks["pss"], pss)
+        time.sleep(interval)
+
+
+def _process_tree(pid):
+    """pid and all its descendants (Linux /proc)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += map(int, Path(f"/proc/{p}/task/{task}/children").read_text().split())
+        except OSError:  # exited meanwhile
+            pass
+    return tree
+
+
+def _proc_kb(path, field):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# -----------------------------------------------------------------------------
+# Settings, table, main
+
+
+def settings(argv):
+    """Bench options plus train.py's settings (the recipe as defaults), from config files and flags."""
+    from train import DEFAULTS as TRAIN_DEFAULTS
+
+    defaults = {**TRAIN_DEFAULTS, **TRAIN_RECIPE, **BENCH_DEFAULTS}
+    # --config=FILE is a config file, as train.py takes them; a bare --quick means --quick=True
+    argv = [a.removeprefix("--config=") + ("=True" if a == "--quick" else "") for a in argv]
+    cfg = configurator.configure(defaults, argv)
+    if cfg["quick"]:
+        cfg |= {k: v for k, v in QUICK.items() if cfg[k] == defaults[k]}
+        cfg |= {k: min(cfg[k], 2) for k in ("n_layer", "n_head")} | {"n_embd": 32, "block_size": 32}
+    only = [s.strip() for s in cfg["only"].split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown or not only:
+        raise UserError(f"--only={cfg['only']}: choose among {', '.join(SECTIONS)}")
+    return SimpleNamespace(**cfg), only
+
+
+def environment(device):
+    return {"device": device, "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda")
+            else platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def table(results):
+    """The results as aligned rows: section, figure, value."""
+    rows = []
+    if "cpu" in results:
+        c = results["cpu"]
+        rows += [("cpu", f"matmul peak ({c['matmul_dtype']}, n={c['matmul_n']})", f"{c['matmul_gflops']:.1f} GFLOP/s"),
+                 ("cpu", "memory bandwidth (copy)", f"{c['memory_gb_s']:.1f} GB/s")]
+    if "train" in results:
+        t = results["train"]
+        m = t["model"]
+        rows += [("train", f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, batch "
+                  f"{m['batch_size']}x{m['gradient_accumulation_steps']}", f"{t['ms_per_iter']:.1f} ms/iter"),
+                 ("train", "tokens/s", f"{t['tokens_per_s']:,.0f}"), ("train", "MFU", f"{t['mfu'] * 100:.1f}%")]
+        if t["variants"]:
+            rows.append(("train", "model variants", " ".join(f"{k}={v}" for k, v in t["variants"].items())))
+        if t["step_peak_memory_mb"] is not None:
+            rows.append(("train", "peak memory of one step", f"{t['step_peak_memory_mb']:.0f} MB"))
+    if "sample" in results:
+        s = results["sample"]
+        for key in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8"):
+            rows.append(("sample", f"{key.replace('_', ' ')}, {s['new_tokens']} tokens",
+                         f"{s[key]['tokens_per_s']:.1f} tok/s"))
+        rows += [("sample", "memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s"),
+                 ("sample", "batch 8 / batch 1 (cached)", f"{s['batch8_over_batch1']:.2f}x")]
+    if "prepare" in results:
+        p = results["prepare"]
+        if "skipped" in p:
+            rows.append(("prepare", "skipped", p["skipped"]))
+        for key in ("prepare_py", "datasets_map") if "skipped" not in p else ():
+            rows += [("prepare", f"{key} tokens/s ({p['corpus_mb']:.1f} MB)", f"{p[key]['tokens_per_s']:,.0f}"),
+                     ("prepare", f"{key} peak memory (RSS / tree PSS)",
+                      f"{p[key]['peak_rss_mb']:.0f} / {p[key]['peak_pss_total_mb']:.0f} MB")]
+    width = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<8} {b:<{width}}  {c}" for a, b, c in rows)
+
+
+def main():
+    cfg, only = settings(sys.argv[1:])
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    cfg.dtype = pick_dtype(device, cfg.dtype)
+    results = {"env": environment(device)}
+    env = results["env"]
+    print(f"bench: {env['device']} ({env['device_name']}), torch {env['torch']}, {env['threads']} threads"
+          + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
+    runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
+               "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg)}
+    for name in SECTIONS:
+        if name in only:
+            t0 = time.perf_counter()
+            results[name] = runners[name]()
+            results[name]["elapsed_s"] = time.perf_counter() - t0
+    print(table(results))
+    Path(cfg.out).write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {cfg.out}")
+
+
+if __name__ == "__main__":
+    configurator.run(main)

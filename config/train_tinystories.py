@@ -1,0 +1,36 @@
+# A GPT-2-tokenized TinyStories model sized for one GPU: 8 layers, 8 heads, 512 wide, 512 context.
+# About 51M parameters, 25.7M of them in the token embedding (50304 x 512) that doubles as the output
+# layer, so the transformer itself is ~25M: the range of the models TinyStories was made for.
+#   python prepare.py tinystories        # ~470M training tokens
+#   python train.py config/train_tinystories.py
+# Expect the val loss to pass 2.0 within ~2000 iterations and end near 1.4-1.5 after 20000 (by ~1.6
+# the stories are fluent and mostly consistent). On one 24 GB GPU with bf16 and compile: a few hours.
+
+out_dir = "out-tinystories"
+dataset = "tinystories"
+eval_interval = 1000
+eval_iters = 100
+log_interval = 10
+always_save_checkpoint = True
+
+# Batch arithmetic: 32 sequences x 512 tokens x 4 micro-batches = 65,536 tokens per iteration;
+# 20000 iterations = 1.3B tokens, about 2.8 passes over the data. One 32 x 512 micro-batch of this
+# model needs ~6 GB of activations and logits in bf16; with less memory, halve batch_size and double
+# gradient_accumulation_steps (the iteration stays 65,536 tokens). Under torchrun with N GPUs the
+# accumulation steps are divided among them, so keep it a multiple of N.
+gradient_accumulation_steps = 4
+batch_size = 32
+block_size = 512
+
+n_layer = 8
+n_head = 8
+n_embd = 512
+dropout = 0.0  # plenty of data: no need to regularise
+
+learning_rate = 1e-3  # ~25M transformer parameters: higher than GPT-2 124M's 6e-4
+max_iters = 20000
+lr_decay_iters = 20000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 1000
+weight_decay = 0.1

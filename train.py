@@ -1,0 +1,486 @@
+"""Train a GPT. One file, top to bottom: settings, setup, data, model, evaluation, the loop.
+
+    python train.py config/train_shakespeare_char.py                        # one GPU, a Mac, or a CPU
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py  # 8 GPUs on one node
+    python train.py config/eval_gpt2.py                                     # GPT-2's val loss
+
+Several nodes: run on each `torchrun --nnodes=2 --node_rank=0|1 --nproc_per_node=8
+--master_addr=<node 0's address> --master_port=29500 train.py ...`.
+Every setting below can be overridden by config files and --key=value flags (see configurator.py).
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import configurator
+from configurator import UserError, autocast, pick_device, pick_dtype
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from prepare import read_meta
+
+DEFAULTS = dict(
+    # files
+    out_dir="out",  # ckpt.pt and log.jsonl go here
+    dataset="openwebtext",  # a dataset made by `python prepare.py <dataset>`
+    data_dir="",  # where its train.bin, val.bin and meta.json are; '' means data/<dataset>
+    init_from="scratch",  # 'scratch', 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a local HF dir,
+    # or another run's out_dir: fine-tune its weights from iteration 0 (e.g. config/finetune_chat.py)
+    # evaluation and logging
+    eval_interval=2000,  # iterations between evaluations; each may save a checkpoint
+    eval_iters=200,  # batches per split in one evaluation
+    log_interval=1,  # iterations between log lines; only these steps wait for the device
+    eval_only=False,  # print the val loss and perplexity, then exit
+    always_save_checkpoint=True,  # False: save only when the val loss improves
+    wandb_log=False,  # also log to Weights & Biases (pip install wandb)
+    wandb_project="sprout",
+    wandb_run_name="run",
+    # batch: tokens per iteration = batch_size * block_size * gradient_accumulation_steps
+    gradient_accumulation_steps=40,  # micro-batches per iteration, summed over all processes
+    batch_size=12,  # sequences per micro-batch
+    block_size=1024,  # tokens per sequence (the context length)
+    # model: the shape of a new one ('resume' and GPT-2 bring their own)
+    n_layer=12,
+    n_head=12,
+    n_embd=768,
+    dropout=0.0,  # 0 for pretraining; 0.1-0.2 helps small models on little data
+    bias=False,  # biases in Linear and LayerNorm layers: GPT-2 had them, a bit faster without
+    # AdamW
+    learning_rate=6e-4,  # peak learning rate, reached after warmup
+    max_iters=600000,  # iterations (optimizer steps) in all
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.95,
+    grad_clip=1.0,  # clip the global gradient norm to this; 0 turns clipping off
+    # learning rate: linear warmup, then cosine decay to min_lr
+    decay_lr=True,  # False: constant learning_rate
+    warmup_iters=2000,  # iterations
+    lr_decay_iters=600000,  # iterations until min_lr; about max_iters (Chinchilla)
+    min_lr=6e-5,  # about learning_rate / 10 (Chinchilla)
+    # system
+    device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', 'bfloat16', 'float16'
+    compile=None,  # torch.compile the model; None: on CUDA only (elsewhere it costs more than it gains)
+    seed=1337,
+)
+# Model options added to GPTConfig (e.g. model variants) are settings too, with GPTConfig's defaults.
+for _f in fields(GPTConfig):
+    if _f.name != "vocab_size":  # comes from the dataset
+        DEFAULTS.setdefault(_f.name, _f.default)
+
+
+# -----------------------------------------------------------------------------
+# Setup: processes, device, precision
+
+
+def setup(cfg):
+    """Start the process group under torchrun; pick device and dtype; seed. Returns a namespace."""
+    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval",
+                "eval_iters", "log_interval"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.compile not in (None, True, False):
+        raise UserError(f"compile must be True, False or None (automatic), got {cfg.compile!r}")
+    world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.gradient_accumulation_steps % world:
+        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide "
+                        f"across {world} processes; make it a multiple of {world}")
+    device = pick_device(cfg.device)
+    if world > 1 and device.startswith("cuda"):
+        device = f"cuda:{local_rank}"  # one GPU per process
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    device_type = device.split(":")[0]
+    if device_type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for any float32 work left
+    torch.manual_seed(cfg.seed + rank)  # differs per process: each draws its own dropout masks
+    dtype = pick_dtype(device, cfg.dtype)
+    return SimpleNamespace(
+        ddp=world > 1, world=world, rank=rank, master=rank == 0, device=device,
+        device_type=device_type, dtype=dtype, autocast=autocast(device, dtype),
+        accum=cfg.gradient_accumulation_steps // world,  # micro-batches per process
+        compile=cfg.compile if cfg.compile is not None else device_type == "cuda")
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+
+class Split:
+    """One split of a prepared dataset (train.bin or val.bin), read in random windows of tokens."""
+
+    def __init__(self, data_dir, name, meta, block_size, device):
+        self.path = Path(data_dir) / f"{name}.bin"
+        if not self.path.is_file():
+            raise UserError(f"{self.path} is missing; run `python prepare.py {Path(data_dir).name}` again")
+        self.dtype = np.dtype(meta["dtype"])
+        n = self.path.stat().st_size // self.dtype.itemsize
+        if n <= block_size:
+            raise UserError(f"{self.path} holds {n} tokens, too few for block_size={block_size}; "
+                            f"use a smaller --block_size or more text")
+        self.high = n - block_size  # windows start at 0 .. n - block_size - 1
+        self.window = np.arange(block_size + 1)  # inputs and, shifted by one, targets
+        self.device = device
+        # chat data (prepare.py --format=chat) has a loss mask: 1 on the tokens to learn, the replies
+        self.mask = self.path.with_name(f"{name}_mask.bin") if meta.get("loss_mask") else None
+        if self.mask is not None and not self.mask.is_file():
+            raise UserError(f"{self.mask} is missing; run `python prepare.py ... --format=chat` again")
+
+    def starts(self, generator, shape):
+        """Random window starts, an int64 array of `shape`."""
+        return torch.randint(self.high, shape, generator=generator).numpy()
+
+    def batch(self, starts):
+        """Inputs x and next-token targets y, (B, T) int64 each, for windows at `starts` (B,)."""
+        # Re-opened per batch: a memmap kept open grows the process's memory as pages are touched.
+        rows = np.memmap(self.path, dtype=self.dtype, mode="r")[starts[:, None] + self.window]  # (B, T+1)
+        x = torch.from_numpy(rows[:, :-1].astype(np.int64))  # (B, T)
+        y = torch.from_numpy(rows[:, 1:].astype(np.int64))  # (B, T)
+        if self.mask is not None:  # targets the mask leaves out are ignored by the loss
+            learn = np.memmap(self.mask, dtype=np.uint8, mode="r")[starts[:, None] + self.window[1:]]
+            y[torch.from_numpy(learn == 0)] = -1  # (B, T)
+        if self.device.startswith("cuda"):  # pinned memory lets the copy overlap with compute
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
+                self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+def load_splits(cfg, rt):
+    """The dataset's meta.json and its splits (val only for eval_only)."""
+    data_dir = cfg.data_dir or os.path.join("data", cfg.dataset)
+    meta = read_meta(data_dir)
+    names = ["val"] if cfg.eval_only else ["train", "val"]
+    return meta, {name: Split(data_dir, name, meta, cfg.block_size, rt.device) for name in names}
+
+
+def model_vocab_size(meta):
+    """GPT-2's 50257 tokens padded to 50304, a multiple of 64, which GPU matmuls run faster;
+    the extra ids are never targets, so the model learns to never predict them. A character
+    vocabulary is small and kept as it is."""
+    n = meta["vocab_size"]
+    return n if meta["tokenizer"] == "char" else -(-n // 64) * 64
+
+
+# -----------------------------------------------------------------------------
+# Model
+
+
+def build_model(cfg, meta):
+    """The model to train, on the CPU, and the checkpoint it was resumed from (or None)."""
+    ckpt = None
+    if cfg.init_from == "scratch":
+        args = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
+        try:
+            config = GPTConfig(**args, vocab_size=model_vocab_size(meta))
+        except ValueError as e:  # a model option out of range, e.g. --pos_emb=rotary
+            raise UserError(str(e)) from None
+        model = GPT(config)
+    elif cfg.init_from == "resume" or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
+        path = os.path.join(cfg.out_dir if cfg.init_from == "resume" else cfg.init_from, "ckpt.pt")
+        try:
+            ckpt = load_checkpoint(path)
+        except FileNotFoundError:
+            raise UserError(f"init_from='resume' but there is no checkpoint at {path}; point --out_dir "
+                            f"at an earlier run, or start one with --init_from=scratch") from None
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        ckpt["model_args"]["dropout"] = cfg.dropout  # dropout may change; the weights do not
+        model = GPT.from_checkpoint(ckpt)
+        if cfg.init_from != "resume":
+            ckpt = None  # another run's weights only: a fresh optimizer, schedule and data order
+    else:
+        try:
+            model = GPT.from_pretrained(cfg.init_from)
+        except (ImportError, RuntimeError, ValueError, OSError) as e:
+            raise UserError(f"init_from={cfg.init_from!r}: {e}") from None
+        if cfg.dropout != model.config.dropout:  # rebuild with dropout; same weights
+            args = {**asdict(model.config), "dropout": cfg.dropout}
+            model = GPT.from_checkpoint({"model_args": args, "model": model.state_dict()})
+    model.config.grad_checkpoint = cfg.grad_checkpoint  # trades memory for compute, whatever the source
+    source = "the checkpoint" if ckpt else cfg.init_from
+    if model.config.vocab_size < meta["vocab_size"]:
+        raise UserError(f"{source} has a vocabulary of {model.config.vocab_size} tokens but the dataset "
+                        f"{meta['name']!r} uses {meta['vocab_size']}; train from scratch on it instead")
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"block_size={cfg.block_size} is longer than the {model.config.block_size} "
+                        f"tokens {source} was trained on; use --block_size={model.config.block_size}")
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    return model, ckpt
+
+
+def lr_at(it, cfg):
+    """Learning rate at iteration `it`: linear warmup, cosine decay to min_lr, then flat."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)  # 0 -> 1
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+@torch.no_grad()
+def evaluate(model, splits, cfg, rt):
+    """Mean loss over eval_iters batches of each split. The same batches every time (a fixed
+    seed, apart from the training RNG), so evaluations are comparable and resume stays exact."""
+    model.eval()
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    losses = {}
+    for name, split in splits.items():
+        total = torch.zeros((), device=rt.device)
+        for starts in split.starts(generator, (cfg.eval_iters, cfg.batch_size)):
+            x, y = split.batch(starts)
+            with rt.autocast:
+                total += model(x, y)[1].float()
+        losses[name] = total.item() / cfg.eval_iters  # the only host sync of the evaluation
+    model.train()
+    return losses
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints and logs
+
+
+def rng_states(rt):
+    """Every process's dropout RNG state (they differ); collective, so every process calls it."""
+    state = {"cpu": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state(rt.device) if rt.device_type == "cuda" else None}
+    if not rt.ddp:
+        return [state]
+    states = [None] * rt.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore(ckpt, run, rt):
+    """Put the optimizer, scaler, counters and RNGs back as they were when `ckpt` was saved."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt["scaler"] is not None and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.iter_num = run.saved_iter = ckpt["iter_num"]
+    run.best_val_loss = ckpt["best_val_loss"]
+    run.batch_rng.set_state(ckpt["rng"]["batches"])
+    states = ckpt["rng"]["dropout"]
+    if len(states) == rt.world:  # else the process count changed and fresh seeds will do
+        torch.set_rng_state(states[rt.rank]["cpu"])
+        if rt.device_type == "cuda" and states[rt.rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(states[rt.rank]["cuda"], rt.device)
+
+
+class Log:
+    """Rows of numbers to out_dir/log.jsonl (for plots) and, if asked, to wandb. Main process only."""
+
+    def __init__(self, cfg, enabled):
+        self.path = self.wandb = None
+        if not enabled:
+            return
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.path = os.path.join(cfg.out_dir, "log.jsonl")  # appended to, also across resumes
+        if cfg.wandb_log:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("wandb_log=True needs wandb: pip install wandb") from None
+            self.wandb = wandb
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
+
+    def __call__(self, row):
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.wandb:
+            self.wandb.log(row, step=row["iter"])
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def train_step(run, starts, cfg, rt, want_loss):
+    """One optimizer step over this process's micro-batches at `starts` (accum, B). Returns the
+    mean loss as a device tensor if want_loss, else None: reading it would wait for the device."""
+    model, optimizer, scaler, split = run.model, run.optimizer, run.scaler, run.splits["train"]
+    loss_sum = None
+    x, y = split.batch(starts[0])
+    for micro in range(rt.accum):
+        last = micro == rt.accum - 1
+        # DDP averages gradients across processes in backward; only the last micro-batch needs it
+        with model.no_sync() if rt.ddp and not last else nullcontext():
+            with rt.autocast:
+                _, loss = model(x, y)
+            if not last:
+                x, y = split.batch(starts[micro + 1])  # read the next batch while the device computes
+            scaler.scale(loss / rt.accum).backward()
+        if want_loss:
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if not want_loss:
+        return None
+    loss = loss_sum / rt.accum
+    if rt.ddp:  # the loss of the whole global batch, as one process would report it
+        dist.all_reduce(loss)
+        loss /= rt.world
+    return loss
+
+
+def diverged(what, value, it, run):
+    """The error that ends a run whose loss is no longer a number."""
+    kept = (f"{run.ckpt_path} still holds iter {run.saved_iter}" if run.saved_iter is not None
+            else "no checkpoint was written")
+    return UserError(f"{what} is {value} at iter {it}: training diverged, stopped without "
+                     f"saving ({kept}); try a lower learning_rate, a longer warmup or grad_clip=1.0")
+
+
+def evaluate_and_save(run, cfg, rt):
+    """Evaluate on the main process; save a checkpoint if it is due and the losses are numbers."""
+    dropout_rngs = rng_states(rt)  # every process joins in, before the main one evaluates
+    if not rt.master:
+        return
+    losses = evaluate(run.eval_model, run.splits, cfg, rt)
+    it = run.iter_num
+    print(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    run.log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr_at(it, cfg)})
+    run.evals.append({"iter": it, **losses})
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise diverged(f"the {name} loss", value, it, run)
+    if losses["val"] < run.best_val_loss or cfg.always_save_checkpoint:
+        run.best_val_loss = min(run.best_val_loss, losses["val"])
+        if it > 0:
+            save_checkpoint(run.ckpt_path, {
+                "model_args": asdict(run.raw_model.config),
+                "model": run.raw_model.state_dict(),  # the plain model's keys, whatever wraps it
+                "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+                "iter_num": it,
+                "best_val_loss": run.best_val_loss,
+                "config": vars(cfg),
+                "meta": run.meta,
+                "rng": {"batches": run.batch_rng.get_state(), "dropout": dropout_rngs},  # data position
+            })
+            run.saved_iter = it
+            print(f"saved {run.ckpt_path}")
+
+
+def train(config):
+    """Train (or just evaluate, with eval_only) with a full settings dict. Returns a summary:
+    {"iter_num", "best_val_loss", "losses": {iter: train loss at log steps}, "evals": [...]}
+    ({"val_loss"} for eval_only), filled on the main process."""
+    cfg = SimpleNamespace(**config)
+    rt = setup(cfg)
+    try:
+        run = prepare_run(cfg, rt)
+        if cfg.eval_only:
+            if not rt.master:
+                return {}
+            val = evaluate(run.eval_model, run.splits, cfg, rt)["val"]
+            print(f"val loss {val:.4f}, perplexity {math.exp(val):.2f}")
+            return {"val_loss": val}
+        loop(run, cfg, rt)
+        return {"iter_num": run.iter_num, "best_val_loss": run.best_val_loss, "losses": run.losses,
+                "evals": run.evals}
+    finally:
+        if rt.ddp:
+            dist.destroy_process_group()
+
+
+def prepare_run(cfg, rt):
+    """Data, model, optimizer and, when resuming, their saved state: everything the loop uses."""
+    meta, splits = load_splits(cfg, rt)
+    run = SimpleNamespace(meta=meta, splits=splits, iter_num=0, best_val_loss=float("inf"), saved_iter=None,
+                          losses={}, evals=[], ckpt_path=os.path.join(cfg.out_dir, "ckpt.pt"),
+                          tokens_per_iter=cfg.batch_size * cfg.block_size * rt.accum * rt.world)
+    if rt.master:
+        print(configurator.format_config(vars(cfg), DEFAULTS, {
+            "device": f"{rt.device}, {rt.dtype}, compile={rt.compile}",
+            "tokens_per_iter": f"{run.tokens_per_iter:,} = batch_size {cfg.batch_size} x block_size "
+                               f"{cfg.block_size} x accumulation {rt.accum} x processes {rt.world}"}))
+    run.raw_model, ckpt = build_model(cfg, meta)
+    run.raw_model.to(rt.device)
+    if rt.master:
+        print(f"model: {run.raw_model.get_num_params() / 1e6:.2f}M parameters, from {cfg.init_from}")
+    # raw_model: for saving and MFU; eval_model: compiled, for the main process's evaluations alone;
+    # model: wrapped in DDP, which averages gradients across processes, for training
+    run.eval_model = run.model = torch.compile(run.raw_model) if rt.compile else run.raw_model
+    if cfg.eval_only:
+        return run
+    if rt.ddp:
+        run.model = DDP(run.eval_model, device_ids=[rt.device] if rt.device_type == "cuda" else None)
+    run.optimizer = run.raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
+                                                       (cfg.beta1, cfg.beta2), rt.device_type)
+    run.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == "float16")
+    run.batch_rng = torch.Generator().manual_seed(cfg.seed)  # the same on every process
+    if ckpt is not None:
+        restore(ckpt, run, rt)
+        changed = [k for k, v in ckpt["config"].items()
+                   if k not in ("init_from", "max_iters", "eval_only") and vars(cfg).get(k, v) != v]
+        if changed and rt.master:
+            print(f"note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}")
+    run.log = Log(cfg, enabled=rt.master and not cfg.eval_only)
+    return run
+
+
+def loop(run, cfg, rt):
+    """Evaluate when due, step, log; until max_iters."""
+    start_iter = run.iter_num
+    t_last, iters_timed = time.perf_counter(), 0
+    while True:
+        it = run.iter_num
+        # a resumed run was evaluated at its first iteration, just before that checkpoint was saved
+        if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and (it > start_iter or it == 0):
+            evaluate_and_save(run, cfg, rt)
+            t_last, iters_timed = time.perf_counter(), 0  # keep evaluation out of ms/iter
+        if it >= cfg.max_iters:
+            break
+        lr = lr_at(it, cfg)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        # every process draws the whole global batch alike, then takes its own rows of it
+        starts = run.splits["train"].starts(run.batch_rng, (cfg.gradient_accumulation_steps, cfg.batch_size))
+        starts = starts[rt.rank * rt.accum:(rt.rank + 1) * rt.accum]  # (accum, B)
+        log_now = it % cfg.log_interval == 0
+        loss = train_step(run, starts, cfg, rt, want_loss=log_now)
+        run.iter_num, iters_timed = it + 1, iters_timed + 1
+        if log_now:
+            lossf = loss.item()  # waits for the device, so the timing below is true
+            if not math.isfinite(lossf):
+                raise diverged("the training loss", lossf, it, run)
+            run.losses[it] = lossf
+            dt = (time.perf_counter() - t_last) / iters_timed  # seconds per iteration
+            if rt.master:
+                mfu = run.raw_model.estimate_mfu(cfg.batch_size * rt.accum, dt)
+                tok_s = run.tokens_per_iter / dt
+                # MoE's load-balancing loss (its last micro-batch), apart from the loss that includes it
+                aux = run.raw_model.last_aux_loss
+                aux = {} if aux is None else {"aux_loss": aux.item()}
+                print(f"iter {it}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
+                      f"mfu {mfu * 100:.1f}%, lr {lr:.2e}" + (f", aux loss {aux['aux_loss']:.4f}" if aux else ""))
+                run.log({"iter": it, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000,
+                         "tokens_per_s": tok_s, "mfu": mfu, **aux})
+            t_last, iters_timed = time.perf_counter(), 0
+
+
+def main():
+    train(configurator.configure(DEFAULTS, sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    configurator.run(main)
