@@ -153,11 +153,11 @@ def write_random_dataset(data_dir, vocab_size, n_tokens):
 
 def bench_sample(cfg, device):
     """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed."""
-    from sample import DEFAULTS as SAMPLE_DEFAULTS
+    from sample import DEFAULTS as SAMPLE_DEFAULTS, ready_for_decoding
 
     torch.manual_seed(cfg.seed)
     shape = QUICK_SAMPLE_MODEL if cfg.quick else SAMPLE_MODEL
-    model = GPT(GPTConfig(**shape)).to(device, getattr(torch, cfg.dtype)).eval()  # as sample.py runs it
+    model = ready_for_decoding(GPT(GPTConfig(**shape)), device, cfg.dtype)  # as sample.py runs it
     settings = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
     runs = {}
     for batch in (1, 8):

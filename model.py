@@ -518,8 +518,14 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
     """Pick the next token from logits (B, V): greedy at temperature 0, else sample."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(dim=-1), num_samples=1)[:, 0]  # (B,)
+    ids = None
+    if top_k is not None and top_k < logits.size(-1):
+        # keep just the k best: the softmax and the draw then cost k entries, not V (a draw over
+        # GPT-2's 50k took ~1 ms on a CPU, a sixth of a decoding step)
+        logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k) each
+    logits = filter_logits(logits.float() / temperature, None, top_p)
+    choice = torch.multinomial(logits.softmax(dim=-1), num_samples=1)  # (B, 1)
+    return (choice if ids is None else ids.gather(-1, choice))[:, 0]  # (B,)
 
 
 # -----------------------------------------------------------------------------

@@ -62,14 +62,34 @@ def load_model(init_from, out_dir, device="cpu", dtype="float32", compile=False)
     else:
         raise UserError(f"init_from={init_from!r} is not 'resume', a GPT-2 name ({', '.join(HF_GPT2_NAMES)}) "
                         f"or an existing directory")
-    tokenizer = load_tokenizer(meta)
+    return ready_for_decoding(model, device, dtype, compile), load_tokenizer(meta)
+
+
+def ready_for_decoding(model, device="cpu", dtype="float32", compile=False):
+    """The model as sample.py runs it: eval mode, on device, in dtype, laid out for decoding."""
     # inference only: casting the weights once halves the bytes each token reads in 16-bit, where
     # autocast would convert every weight again on every call
     model.eval().to(device=device, dtype=getattr(torch, dtype))
+    if device == "cpu":
+        transpose_weights_for_decoding(model)
     if compile:
         for block in model.transformer.h:
             block.compile(dynamic=True)  # cache lengths vary: one graph for all of them
-    return model, tokenizer
+    return model
+
+
+def transpose_weights_for_decoding(model):
+    """Store each Linear weight (out, in) transposed in memory, as a view of an (in, out) matrix:
+    same values and shapes, so the model and its state_dict are unchanged. Decoding multiplies one
+    row per sequence by each weight, and on CPU that product reads the (in, out) layout about twice
+    as fast (e.g. 88 vs 230 us for c_attn of a 384-wide model, 2.9 vs 6.1 ms for GPT-2's 50k-token
+    head; measured with bench.py's model). The tied token embedding keeps its row layout: looking
+    tokens up reads its rows, and generate_stream makes its own transposed copy for the head."""
+    embedding = model.transformer.wte.weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
+            module.weight.data = module.weight.data.t().contiguous().t()  # (out, in), strides (1, out)
+    return model
 
 
 def _model_from_checkpoint(path):

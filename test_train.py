@@ -193,15 +193,6 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
     assert train.lr_at(5, c) == train.lr_at(500, c) == 1.0
 
 
-def test_gpt2_vocab_is_padded_to_a_multiple_of_64_and_chars_are_not():
-    assert train.model_vocab_size({"vocab_size": 50257, "tokenizer": "gpt2"}) == 50304
-    assert train.model_vocab_size({"vocab_size": 65, "tokenizer": "char"}) == 65
-
-
-# -----------------------------------------------------------------------------
-# train.py: training runs
-
-
 def test_loss_falls_over_30_iterations(data_dir, tmp_path):
     s = run_train(data_dir, tmp_path / "out")
     first, last = s["losses"][0], np.mean([s["losses"][i] for i in range(25, 30)])

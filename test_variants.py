@@ -271,7 +271,7 @@ def test_every_expert_gets_a_gradient_even_when_no_token_chose_it():
 
 
 def test_flops_per_token_count_only_the_active_experts():
-    dense = tiny_model(block_size=16)
+    dense = tiny_model()
     moe = tiny_model("moe")
     expert_params = sum(p.numel() for p in dense.transformer.h[0].mlp.parameters())
     router = 32 * 4

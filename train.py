@@ -164,14 +164,6 @@ def load_splits(cfg, rt):
     return meta, {name: Split(data_dir, name, meta, cfg.block_size, rt.device) for name in names}
 
 
-def model_vocab_size(meta):
-    """GPT-2's 50257 tokens padded to 50304, a multiple of 64, which GPU matmuls run faster;
-    the extra ids are never targets, so the model learns to never predict them. A character
-    vocabulary is small and kept as it is."""
-    n = meta["vocab_size"]
-    return n if meta["tokenizer"] == "char" else -(-n // 64) * 64
-
-
 # -----------------------------------------------------------------------------
 # Model
 
@@ -182,7 +174,7 @@ def build_model(cfg, meta):
     if cfg.init_from == "scratch":
         args = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
         try:
-            config = GPTConfig(**args, vocab_size=model_vocab_size(meta))
+            config = GPTConfig(**args, vocab_size=meta["vocab_size"])  # exactly the tokenizer's: every id decodes
         except ValueError as e:  # a model option out of range, e.g. --pos_emb=rotary
             raise UserError(str(e)) from None
         model = GPT(config)
@@ -468,13 +460,15 @@ def loop(run, cfg, rt):
             if rt.master:
                 mfu = run.raw_model.estimate_mfu(cfg.batch_size * rt.accum, dt)
                 tok_s = run.tokens_per_iter / dt
-                # MoE's load-balancing loss (its last micro-batch), apart from the loss that includes it
-                aux = run.raw_model.last_aux_loss
-                aux = {} if aux is None else {"aux_loss": aux.item()}
+                row = {"iter": it, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s,
+                       "mfu": mfu}
+                aux = run.raw_model.last_aux_loss  # MoE's load-balancing loss (last micro-batch) or None
+                if aux is not None:  # shown apart from the loss, which includes it
+                    row["aux_loss"] = aux.item()
+                extra = f", aux loss {row['aux_loss']:.4f}" if "aux_loss" in row else ""
                 print(f"iter {it}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
-                      f"mfu {mfu * 100:.1f}%, lr {lr:.2e}" + (f", aux loss {aux['aux_loss']:.4f}" if aux else ""))
-                run.log({"iter": it, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000,
-                         "tokens_per_s": tok_s, "mfu": mfu, **aux})
+                      f"mfu {mfu * 100:.1f}%, lr {lr:.2e}{extra}")
+                run.log(row)
             t_last, iters_timed = time.perf_counter(), 0
 
 

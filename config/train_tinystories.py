@@ -1,5 +1,5 @@
 # A GPT-2-tokenized TinyStories model sized for one GPU: 8 layers, 8 heads, 512 wide, 512 context.
-# About 51M parameters, 25.7M of them in the token embedding (50304 x 512) that doubles as the output
+# About 51M parameters, 25.7M of them in the token embedding (50257 x 512) that doubles as the output
 # layer, so the transformer itself is ~25M: the range of the models TinyStories was made for.
 #   python prepare.py tinystories        # ~470M training tokens
 #   python train.py config/train_tinystories.py

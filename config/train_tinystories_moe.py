@@ -1,7 +1,7 @@
 # config/train_tinystories.py as a Mixture of Experts: every block has 4 SwiGLU expert MLPs and each
 # token goes to its top 2, so the model holds ~4x the feed-forward parameters for ~2x the compute.
 # 8 layers, 8 heads, 512 wide, 512 context. About 103.4M parameters: 25.8M in the token embedding
-# (50304 x 512, also the output layer), 69.2M in the experts, 8.4M in attention; each token uses
+# (50257 x 512, also the output layer), 69.2M in the experts, 8.4M in attention; each token uses
 # ~68.8M of them (two experts of four).
 #   python prepare.py tinystories
 #   python train.py config/train_tinystories_moe.py

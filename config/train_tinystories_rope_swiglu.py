@@ -1,6 +1,6 @@
 # config/train_tinystories.py with a modern twist: rotary position embeddings (no position table) and
 # SwiGLU feed-forward layers, in a smaller model: 8 layers, 6 heads, 384 wide, 512 context.
-# About 33.5M parameters, 19.3M of them in the token embedding (50304 x 384) that doubles as the output
+# About 33.5M parameters, 19.3M of them in the token embedding (50257 x 384) that doubles as the output
 # layer, so the transformer itself is ~14.2M (SwiGLU's hidden width 1024 = 8/3 x 384 keeps it at the
 # size of a GELU MLP).
 #   python prepare.py tinystories
