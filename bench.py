@@ -117,7 +117,8 @@ def step_peak_memory_mb(step, device):
         return (torch.cuda.max_memory_allocated(device) - base) / 1e6
     if device != "cpu":
         return None
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         step()
     total = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
@@ -171,10 +172,10 @@ def bench_sample(cfg, device):
             runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = time_decoding(
                 model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats)
     # Decoding one token reads every weight once (a batch shares the read), so memory bandwidth
-    # bounds the speed: 121 MB of float32 weights at the ~50 GB/s a 2-core copy reaches here is
-    # ~400 tokens/s. Measured on the 2-core CPU (2026-11): cached batch 1 ran at about 150 tokens/s,
-    # ~35% of that bound; MKL's one-row products stay below the copy speed (~19 GB/s for the layers'
-    # small matrices, ~29 GB/s for the 77 MB output layer) and ~1 ms per token is Python and small ops.
+    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 29-39 GB/s a copy
+    # reached on the 2-core test machine is 246-325 tokens/s. Cached batch 1 ran at 115-125 there,
+    # about 40% of the bound: the 77 MB output layer streams at about the copy speed, but the
+    # blocks' 24 small products reach ~19 GB/s and ~1-1.5 ms a token is Python and small operations.
     bound = memory_bandwidth(device, cfg.quick) / weight_bytes
     return {"model": shape, "params": params, "new_tokens": cfg.new_tokens,
             "prompt_tokens": 1, "sampling": settings, **runs,
@@ -258,7 +259,8 @@ def bench_prepare(cfg):
         ours["tokens"] = meta["train_tokens"] + meta["val_tokens"]
         baseline_out = Path(tmp, "baseline.bin")
         # the function's own source, run in a fresh interpreter that never imports torch (as bench does)
-        code = f"{inspect.getsource(baseline_prepare)}\nbaseline_prepare({str(corpus)!r}, {str(baseline_out)!r}, {num_proc})"
+        call = f"baseline_prepare({str(corpus)!r}, {str(baseline_out)!r}, {num_proc})"
+        code = f"{inspect.getsource(baseline_prepare)}\n{call}"
         base = measure_process([sys.executable, "-c", code], env={"HF_DATASETS_CACHE": tmp})
         base["tokens"] = baseline_out.stat().st_size // 2
         corpus_mb = corpus.stat().st_size / 1e6
@@ -315,7 +317,8 @@ def measure_process(command, env=None):
     seconds = time.perf_counter() - t0
     poller.join()
     if proc.returncode != 0:
-        raise UserError(f"{' '.join(command[:3])} failed: {err.strip().splitlines()[-1] if err.strip() else ''}")
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+        raise UserError(f"{' '.join(command[:3])} failed: {last}")
     return {"seconds": seconds, "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_total_mb": peaks["pss"] / 1e6}
 
 
@@ -377,46 +380,68 @@ def settings(argv):
 
 
 def environment(device):
-    return {"device": device, "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda")
-            else platform.processor() or platform.machine(), "torch": torch.__version__,
+    """What every figure depends on: the device, torch and the threads it runs."""
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
+    return {"device": device, "device_name": name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
-    if "cpu" in results:
-        c = results["cpu"]
-        rows += [("cpu", f"matmul peak ({c['matmul_dtype']}, n={c['matmul_n']})", f"{c['matmul_gflops']:.1f} GFLOP/s"),
-                 ("cpu", "memory bandwidth (copy)", f"{c['memory_gb_s']:.1f} GB/s")]
-    if "train" in results:
-        t = results["train"]
-        m = t["model"]
-        rows += [("train", f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, batch "
-                  f"{m['batch_size']}x{m['gradient_accumulation_steps']}", f"{t['ms_per_iter']:.1f} ms/iter"),
-                 ("train", "tokens/s", f"{t['tokens_per_s']:,.0f}"), ("train", "MFU", f"{t['mfu'] * 100:.1f}%")]
-        if t["variants"]:
-            rows.append(("train", "model variants", " ".join(f"{k}={v}" for k, v in t["variants"].items())))
-        if t["step_peak_memory_mb"] is not None:
-            rows.append(("train", "peak memory of one step", f"{t['step_peak_memory_mb']:.0f} MB"))
-    if "sample" in results:
-        s = results["sample"]
-        for key in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8"):
-            rows.append(("sample", f"{key.replace('_', ' ')}, {s['new_tokens']} tokens",
-                         f"{s[key]['tokens_per_s']:.1f} tok/s"))
-        rows += [("sample", "memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s"),
-                 ("sample", "batch 8 / batch 1 (cached)", f"{s['batch8_over_batch1']:.2f}x")]
-    if "prepare" in results:
-        p = results["prepare"]
-        if "skipped" in p:
-            rows.append(("prepare", "skipped", p["skipped"]))
-        for key in ("prepare_py", "datasets_map") if "skipped" not in p else ():
-            rows += [("prepare", f"{key} tokens/s ({p['corpus_mb']:.1f} MB)", f"{p[key]['tokens_per_s']:,.0f}"),
-                     ("prepare", f"{key} peak memory (RSS / tree PSS)",
-                      f"{p[key]['peak_rss_mb']:.0f} / {p[key]['peak_pss_total_mb']:.0f} MB")]
-    width = max(len(r[1]) for r in rows)
-    return "\n".join(f"{a:<8} {b:<{width}}  {c}" for a, b, c in rows)
+    for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
+                          ("prepare", _prepare_rows)):
+        if name in results:
+            rows += [(name, figure, value) for figure, value in rows_of(results[name])]
+    width = max(len(figure) for _, figure, _ in rows)
+    return "\n".join(f"{name:<8} {figure:<{width}}  {value}" for name, figure, value in rows)
+
+
+def _cpu_rows(c):
+    return [(f"matmul peak ({c['matmul_dtype']}, n={c['matmul_n']})", f"{c['matmul_gflops']:.1f} GFLOP/s"),
+            ("memory bandwidth (copy)", f"{c['memory_gb_s']:.1f} GB/s")]
+
+
+def _train_rows(t):
+    m = t["model"]
+    shape = (f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, "
+             f"batch {m['batch_size']}x{m['gradient_accumulation_steps']}")
+    rows = [(shape, f"{t['ms_per_iter']:.1f} ms/iter (median of {t['timed_iters']})"),
+            ("tokens/s", f"{t['tokens_per_s']:,.0f}"), ("MFU", f"{t['mfu'] * 100:.1f}%")]
+    if t["variants"]:
+        rows.append(("model variants", " ".join(f"{k}={v}" for k, v in t["variants"].items())))
+    if t["step_peak_memory_mb"] is not None:
+        rows.append(("peak memory of one step", f"{t['step_peak_memory_mb']:.0f} MB"))
+    return rows
+
+
+def _sample_rows(s):
+    rows = [(f"{key.replace('_', ' ')}, {s['new_tokens']} tokens", f"{s[key]['tokens_per_s']:.1f} tok/s")
+            for key in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8")]
+    return rows + [("memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s "
+                    f"(cached batch 1 reaches {s['cache_batch1_share_of_bound'] * 100:.0f}%)"),
+                   ("batch 8 / batch 1 (cached)", f"{s['batch8_over_batch1']:.2f}x")]
+
+
+def _prepare_rows(p):
+    if "skipped" in p:
+        return [("skipped", p["skipped"])]
+    rows = []
+    for key in ("prepare_py", "datasets_map"):
+        r = p[key]
+        rows += [(f"{key} tokens/s ({p['corpus_mb']:.1f} MB)", f"{r['tokens_per_s']:,.0f}"),
+                 (f"{key} peak memory (largest RSS / all PSS)",
+                  f"{r['peak_rss_mb']:.0f} / {r['peak_pss_total_mb']:.0f} MB")]
+    return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x")]
 
 
 def main():
@@ -427,7 +452,7 @@ def main():
     cfg.dtype = pick_dtype(device, cfg.dtype)
     results = {"env": environment(device)}
     env = results["env"]
-    print(f"bench: {env['device']} ({env['device_name']}), torch {env['torch']}, {env['threads']} threads"
+    print(f"bench: {env['device']} ({env['device_name']}), torch {env['torch']}, threads={env['threads']}"
           + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
                "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg)}

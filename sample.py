@@ -40,7 +40,7 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', 'bfloat16', 'float16'
-    compile=False,  # torch.compile the Transformer blocks: slow to start, faster per token on GPUs
+    compile=False,  # torch.compile the Transformer blocks: slow to start, and no faster on a CPU
 )
 SEPARATOR = "-" * 40  # printed after each sample
 GPT2_META = {"tokenizer": "gpt2"}  # what load_tokenizer needs for GPT-2's own weights
@@ -61,8 +61,8 @@ def load_model(init_from, out_dir, device="cpu", dtype="float32", compile=False)
             raise UserError(f"init_from={init_from!r}: {_one_line(e)}") from None
         meta = GPT2_META
     else:
-        raise UserError(f"init_from={init_from!r} is not 'resume', a GPT-2 name ({', '.join(HF_GPT2_NAMES)}) "
-                        f"or an existing directory")
+        raise UserError(f"init_from={init_from!r} is not 'resume', a GPT-2 name "
+                        f"({', '.join(HF_GPT2_NAMES)}) or an existing directory")
     return ready_for_decoding(model, device, dtype, compile), load_tokenizer(meta)
 
 
@@ -73,32 +73,35 @@ def ready_for_decoding(model, device="cpu", dtype="float32", compile=False):
     model.eval().to(device=device, dtype=getattr(torch, dtype))
     if device == "cpu":
         use_decoding_linears(model)
-    if compile:
+    if compile:  # slow to start; on a CPU it did not decode faster (the matmuls already dominate)
+        # a graph per block and kind of call (prefill, one token): the blocks differ in layer_idx
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, 4 * len(model.transformer.h))
         for block in model.transformer.h:
-            block.compile(dynamic=True)  # cache lengths vary: one graph for all of them
+            block.compile(dynamic=True)  # dynamic: one graph serves every cache length
     return model
 
 
 class DecodingLinear(torch.nn.Module):
-    """An nn.Linear for decoding on a CPU: the same x W^T + b, with W^T stored as n column blocks
-    (n, in, out/n), one per thread, multiplied by one torch.bmm. Decoding multiplies a single row
-    per sequence by every weight, and MKL runs such a product on one core in a slow layout; the
-    blocks read at the speed of the memory bus instead. Measured for bench.py's 384-wide model on
-    2 cores: c_attn 230 -> ~90 us per token; decoding 90 -> 145 tokens/s with generate_stream's
-    output layer done the same way."""
+    """nn.Linear for decoding on a CPU: the same x W^T + b, with W^T stored as n column blocks
+    (n, in, out/n), one per thread. Decoding multiplies one row per sequence by every weight, which
+    MKL does on one core and, in F.linear's (out, in) layout, at about half the speed of an (in, out)
+    one. With generate_stream's output layer split the same way, bench.py's 384-wide model decodes
+    about 1.4x faster on 2 cores (80-90 -> 115-125 tokens/s); see the README's bench.py section."""
 
     def __init__(self, linear, n):
         super().__init__()
         out, inp = linear.weight.shape
         self.out_features = out
-        w = linear.weight.detach().t()  # (in, out)
-        self.register_buffer("blocks", w.reshape(inp, n, out // n).transpose(0, 1).contiguous())  # (n, in, out/n)
+        blocks = linear.weight.detach().t().reshape(inp, n, out // n).transpose(0, 1)  # (n, in, out/n)
+        self.register_buffer("blocks", blocks.contiguous())
         bias = linear.bias.detach().view(n, 1, out // n) if linear.bias is not None else None
         self.register_buffer("bias", bias)  # (n, 1, out/n) or None
 
     def forward(self, x):
-        rows = x.reshape(-1, x.size(-1)).expand(len(self.blocks), -1, -1)  # (n, M, in)
-        y = torch.bmm(rows, self.blocks) if self.bias is None else torch.baddbmm(self.bias, rows, self.blocks)
+        y = torch.matmul(x.reshape(-1, x.size(-1)), self.blocks)  # (n, M, out/n): one block per thread
+        if self.bias is not None:
+            y += self.bias
         return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # (..., out)
 
 
@@ -131,8 +134,9 @@ def _model_from_checkpoint(path):
     meta = ckpt.get("meta")
     if not meta:  # an older or hand-made checkpoint: only a GPT-2-sized vocabulary can be guessed
         if model.config.vocab_size < 50257:
-            raise UserError(f"{path} records no tokenizer (no 'meta'), and its {model.config.vocab_size}-token "
-                            f"vocabulary is not GPT-2's; re-save it with the dataset's meta.json")
+            raise UserError(f"{path} records no tokenizer (no 'meta'), and its "
+                            f"{model.config.vocab_size}-token vocabulary is not GPT-2's; re-save it "
+                            f"with the dataset's meta.json")
         meta = GPT2_META
     return model, meta
 
@@ -153,7 +157,8 @@ def read_prompt(start):
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"prompt file {path} does not exist (--start=FILE:path reads a prompt file)") from None
+        raise UserError(f"prompt file {path} does not exist (--start=FILE:path reads a prompt "
+                        f"file)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read prompt file {path}: {_one_line(e)}") from None
 

@@ -1242,6 +1242,64 @@ def test_local_hugging_face_directory_samples_with_gpt2_tokens(tmp_path, run_sam
 
 
 # -----------------------------------------------------------------------------
+# Decoding speed-ups give the same numbers
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_decoding_linear_computes_what_nn_linear_does(n):
+    torch.manual_seed(0)
+    for linear in (torch.nn.Linear(8, 12), torch.nn.Linear(8, 12, bias=False)):
+        blocked = sample.DecodingLinear(linear, n)
+        for x in (torch.randn(3, 5, 8), torch.randn(1, 1, 8), torch.randn(0, 8)):
+            with torch.no_grad():
+                want, got = linear(x), blocked(x)
+            assert got.shape == want.shape, (got.shape, want.shape)
+            assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max().item()
+
+
+@pytest.mark.parametrize("variant", [{}, dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", n_expert=4)])
+def test_every_linear_but_the_tied_output_layer_is_swapped_and_logits_stay_the_same(variant):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, **variant)).eval()
+    idx = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        want = model(idx)[0]
+        sample.ready_for_decoding(model)
+        got = model(idx)[0]
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "Linear" in kinds and "DecodingLinear" in kinds, kinds
+    assert model.lm_head.weight is model.transformer.wte.weight, "the output layer must stay tied"
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max().item()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_blocked_output_layer_decodes_like_the_plain_model_for_any_thread_count(char_run, threads):
+    _, model = char_run  # vocabulary 62: 3 threads need a zero-padded last block
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ids = load_tokenizer(CHAR_META).encode("hello")
+        got = torch.cat(list(model.generate_stream(torch.tensor([ids]), 30, temperature=0))).tolist()
+    finally:
+        torch.set_num_threads(before)
+    assert got == greedy_without_cache(model, ids, 30), got
+
+
+def test_top_k_sampling_draws_only_the_k_best_in_softmax_proportions():
+    from model import sample_logits
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.0, 2.0, 1.0, -1.0, 1.5, 0.5]]).repeat(20000, 1)  # 20,000 draws at once
+    drawn = sample_logits(logits, temperature=1.0, top_k=3)
+    counts = torch.bincount(drawn, minlength=6).float() / len(drawn)
+    want = torch.zeros(6)
+    want[[1, 4, 2]] = torch.tensor([2.0, 1.5, 1.0]).softmax(dim=0)
+    assert torch.allclose(counts, want, atol=0.015), f"drawn {counts.tolist()}, expected {want.tolist()}"
+    # with top_p as well: of the 3 best (0.51, 0.31, 0.19), 0.8 of the mass needs the first two
+    drawn = sample_logits(logits, temperature=1.0, top_k=3, top_p=0.8)
+    assert set(drawn.tolist()) == {1, 4}, set(drawn.tolist())
+
+
+# -----------------------------------------------------------------------------
 # Interactive mode
 
 
