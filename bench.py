@@ -193,6 +193,8 @@ def time_decoding(model, idx, n, cache, settings, seed, repeats):
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         decode(model, idx, n, **settings)
+        if idx.is_cuda:
+            torch.cuda.synchronize()  # the last tokens may still be in flight
         seconds.append(time.perf_counter() - t0)
     dt = statistics.median(seconds)
     return {"tokens_per_s": idx.size(0) * n / dt, "seconds": dt, "batch": idx.size(0), "runs_s": seconds}

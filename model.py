@@ -331,7 +331,10 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, V)
         logits = self.lm_head(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        # a mean over the targets that count; summed and divided so that a batch whose targets are
+        # all masked (chat data trains on replies only) gives 0 rather than 0/0 = NaN
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction="sum") / (targets != -1).sum().clamp(min=1)
         if self.config.n_expert and self.training:
             loss = loss + self.config.aux_loss_coef * self.last_aux_loss
         return logits, loss

@@ -129,6 +129,8 @@ def test_targets_of_minus_one_are_ignored_in_the_loss():
     logits, loss = model(idx, targets)
     expected = torch.nn.functional.cross_entropy(logits[:, :8].reshape(-1, 64), idx[:, :8].reshape(-1))
     assert abs(loss.item() - expected.item()) < 1e-6, f"{loss.item()} != {expected.item()}"
+    _, all_masked = model(idx, torch.full_like(idx, -1))
+    assert all_masked.item() == 0.0, f"a fully masked batch gave loss {all_masked.item()}, not 0"
 
 
 def test_forward_without_targets_returns_only_the_last_position():
