@@ -10,10 +10,10 @@ A conversation file holds one JSON object per line with a list of messages:
 torch is imported only where a model runs, so that `prepare.py --format=chat` starts quickly.
 """
 import json
-import os
 import sys
 import threading
 from collections import Counter
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,7 +22,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from configurator import UserError
-from prepare import SPLITS, check_outputs, load_tokenizer, token_dtype
+from prepare import (SPLITS, check_outputs, dataset_meta, load_tokenizer, staged_outputs, token_dtype,
+                     write_json)
 
 # ----------------------------------------------------------------------------- the chat template
 # Role markers are plain text that GPT-2's BPE already has ("User:" and "Assistant:" are two tokens
@@ -200,51 +201,36 @@ def prepare_chat(data_dir, *, paths=None, hub=None, tokenizer="gpt2", val_fracti
         tok_meta.update(chars=chars, eot_token=len(chars))
     tok = load_tokenizer(tok_meta)
     source = "hf:" + hub["load"]["path"] if hub else ", ".join(str(Path(p).resolve()) for p in paths)
-    meta = {"name": name or Path(data_dir).name, "tokenizer": tok.name, "vocab_size": tok.vocab_size,
-            "eot_token": tok.eot_token, "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
-            "source": source, "command": command, **({"chars": tok.chars} if tokenizer == "char" else {}),
-            "chat_template": TEMPLATE,
-            "loss_mask": "train_mask.bin, val_mask.bin: uint8 per token, 1 = an assistant token to learn",
-            "skipped_conversations": sum(skipped.values())}
+    meta = dataset_meta(tok, name or Path(data_dir).name, source, command) | {
+        "chat_template": TEMPLATE,
+        "loss_mask": "train_mask.bin, val_mask.bin: uint8 per token, 1 = an assistant token to learn",
+        "skipped_conversations": sum(skipped.values())}
     pairs = assign_splits(conversations(), usable[None], val_fraction)
     return write_chat_files(pairs, tok, Path(data_dir), meta, total=sum(usable.values()))
 
 
 def write_chat_files(pairs, tok, data_dir, meta, total):
-    """Stream each conversation's ids and mask to .tmp files; add the counts to meta and rename all
-    into place, meta.json last, only when everything went well: a stopped run leaves the previous
-    dataset (or nothing), never a .bin that looks complete. Returns the meta."""
+    """Stream each conversation's ids and mask to the splits' files, add the counts to meta, and
+    rename everything into place only when all went well (prepare.staged_outputs). Returns the meta."""
     from tqdm import tqdm
-    data_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{s}{kind}.bin" for s in SPLITS for kind in ("", "_mask")] + ["meta.json"]
-    tmp = {n: data_dir / f"{n}.tmp" for n in names}
     counts = {s: Counter() for s in SPLITS}
     dtype = token_dtype(tok.vocab_size)
-    try:
-        files = {n: open(tmp[n], "wb") for n in names[:-1]}
-        try:
-            for split, messages in tqdm(pairs, total=total, unit="conv", desc="tokenizing", mininterval=0.5):
-                ids, mask = encode_conversation(tok, messages)
-                files[f"{split}.bin"].write(np.array(ids, dtype=dtype).tobytes())
-                files[f"{split}_mask.bin"].write(np.array(mask, dtype=np.uint8).tobytes())
-                counts[split].update(tokens=len(ids), trained=sum(mask), conversations=1)
-        finally:
-            for f in files.values():
-                f.close()
+    with staged_outputs(data_dir, names) as tmp, ExitStack() as stack:
+        files = {n: stack.enter_context(open(tmp[n], "wb")) for n in names[:-1]}
+        for split, messages in tqdm(pairs, total=total, unit="conv", desc="tokenizing", mininterval=0.5):
+            ids, mask = encode_conversation(tok, messages)
+            files[f"{split}.bin"].write(np.array(ids, dtype=dtype).tobytes())
+            files[f"{split}_mask.bin"].write(np.array(mask, dtype=np.uint8).tobytes())
+            counts[split].update(tokens=len(ids), trained=sum(mask), conversations=1)
+        stack.close()  # flush the .bin files before they are renamed
         if empty := [s for s in SPLITS if not counts[s]["tokens"]]:
             raise UserError(f"the {empty[0]} split has no usable conversations; give more conversations")
         meta |= {f"{s}_tokens": counts[s]["tokens"] for s in SPLITS} | {
             f"{s}_conversations": counts[s]["conversations"] for s in SPLITS} | {
             f"{s}_reply_tokens": counts[s]["trained"] for s in SPLITS}
-        tmp["meta.json"].write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        for n in names:
-            os.replace(tmp[n], data_dir / n)
-        return meta
-    finally:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-        if not any(data_dir.iterdir()):  # a failed first run leaves no empty folder behind
-            data_dir.rmdir()
+        write_json(tmp["meta.json"], meta)
+    return meta
 
 
 # ----------------------------------------------------------------------------- generation

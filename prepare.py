@@ -11,6 +11,7 @@ import argparse
 import codecs
 import itertools
 import json
+from contextlib import contextmanager
 import os
 import random
 import shlex
@@ -397,36 +398,51 @@ def check_outputs(data_dir, force=False):
         raise UserError(f"{data_dir} already holds {', '.join(existing)}; pass --force to overwrite")
 
 
+@contextmanager
+def staged_outputs(data_dir, names):
+    """Yield {name: temp path} for each file in names; rename them all into place, in that order,
+    only if the block finishes. An interrupted run leaves the previous dataset (or nothing) in
+    place, never a .bin that looks complete: so meta.json goes last."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = {n: data_dir / f"{n}.tmp" for n in names}
+    try:
+        yield tmp
+        for n in names:
+            os.replace(tmp[n], data_dir / n)
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        if not any(data_dir.iterdir()):  # a failed first run leaves no empty folder behind
+            data_dir.rmdir()
+
+
+def dataset_meta(tok, name, source, command):
+    """The meta.json fields every prepared dataset has (the token counts are added by the writer)."""
+    return {"name": name, "tokenizer": tok.name, "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
+            "dtype": np.dtype(token_dtype(tok.vocab_size)).name, "source": str(source), "command": command,
+            **({"chars": tok.chars} if tok.name == "char" else {})}
+
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def write_dataset(pairs, tok_meta, data_dir, *, num_proc=1, total=None, name=None, source="",
                   command=""):
-    """Tokenize (split, text) pairs into data_dir/train.bin, val.bin and meta.json; returns the meta.
-    Everything is written to .tmp names and renamed at the end, meta.json last, so an interrupted
-    run leaves the previous dataset (or nothing) in place, never a partial .bin."""
+    """Tokenize (split, text) pairs into data_dir/train.bin, val.bin and meta.json; returns the meta."""
     tok = load_tokenizer(tok_meta)  # a missing BPE file fails here, before anything is written
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    final = {s: data_dir / f"{s}.bin" for s in SPLITS} | {"meta": data_dir / "meta.json"}
-    tmp = {k: p.with_name(p.name + ".tmp") for k, p in final.items()}
-    try:
-        with open(tmp["train"], "wb") as train, open(tmp["val"], "wb") as val:
+    with staged_outputs(data_dir, [f"{s}.bin" for s in SPLITS] + ["meta.json"]) as tmp:
+        with open(tmp["train.bin"], "wb") as train, open(tmp["val.bin"], "wb") as val:
             tokens = _stream_to_files(pairs, tok, tok_meta, {"train": train, "val": val}, num_proc, total)
         empty = [s for s in SPLITS if tokens[s] == 0]
         if empty:
             raise UserError(f"the {empty[0]} split came out empty ({tokens}); give more text or "
                             "change --val_fraction")
-        meta = {"name": name or data_dir.name, "tokenizer": tok.name, "vocab_size": tok.vocab_size,
-                "eot_token": tok.eot_token, "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
-                "train_tokens": tokens["train"], "val_tokens": tokens["val"], "source": str(source),
-                "command": command, **({"chars": tok.chars} if tok.name == "char" else {})}
-        tmp["meta"].write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        for key in (*SPLITS, "meta"):
-            os.replace(tmp[key], final[key])
-        return meta
-    finally:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-        if not any(data_dir.iterdir()):  # a failed first run leaves no empty folder behind
-            data_dir.rmdir()
+        meta = dataset_meta(tok, name or data_dir.name, source, command)
+        meta |= {"train_tokens": tokens["train"], "val_tokens": tokens["val"]}
+        write_json(tmp["meta.json"], meta)
+    return meta
 
 
 def tokenizer_meta(tokenizer, make_pairs):
