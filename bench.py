@@ -167,15 +167,21 @@ def bench_sample(cfg, device):
     for batch in (1, 8):
         for cache in (True, False):
             idx = torch.zeros(batch, 1, dtype=torch.long, device=device)  # a one-token prompt
-            # the cached runs take seconds: the median of a few evens out a noisy machine
-            repeats = 1 if cfg.quick or not cache else 3
+            # the cached runs take seconds: the median of five evens out a noisy machine
+            repeats = 1 if cfg.quick or not cache else 5
             runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = time_decoding(
                 model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats)
+    if device == "cpu" and cfg.dtype == "float32":  # what sample.py --dtype=float16 does instead
+        torch.manual_seed(cfg.seed)  # the same weights, in half the bytes
+        half = ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16")
+        idx = torch.zeros(1, 1, dtype=torch.long)
+        runs["cache_batch1_float16"] = time_decoding(half, idx, cfg.new_tokens, True, settings, cfg.seed,
+                                                     1 if cfg.quick else 5)
     # Decoding one token reads every weight once (a batch shares the read), so memory bandwidth
-    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 29-39 GB/s a copy
-    # reached on the 2-core test machine is 246-325 tokens/s. Cached batch 1 ran at 115-125 there,
-    # about 40% of the bound: the 77 MB output layer streams at about the copy speed, but the
-    # blocks' 24 small products reach ~19 GB/s and ~1-1.5 ms a token is Python and small operations.
+    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 26-36 GB/s a copy
+    # reached on the 2-core test machine is 220-296 tokens/s. Cached batch 1 ran at 122-134 there,
+    # 45-55% of the bound: the 77 MB output layer streams at about the copy speed, but the blocks'
+    # 24 small products reach 12-20 GB/s and ~1.1 ms a token is Python and small operations.
     bound = memory_bandwidth(device, cfg.quick) / weight_bytes
     return {"model": shape, "params": params, "new_tokens": cfg.new_tokens,
             "prompt_tokens": 1, "sampling": settings, **runs,
@@ -428,7 +434,8 @@ def _train_rows(t):
 
 def _sample_rows(s):
     rows = [(f"{key.replace('_', ' ')}, {s['new_tokens']} tokens", f"{s[key]['tokens_per_s']:.1f} tok/s")
-            for key in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8")]
+            for key in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8",
+                        "cache_batch1_float16") if key in s]
     return rows + [("memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s "
                     f"(cached batch 1 reaches {s['cache_batch1_share_of_bound'] * 100:.0f}%)"),
                    ("batch 8 / batch 1 (cached)", f"{s['batch8_over_batch1']:.2f}x")]

@@ -9,7 +9,6 @@ printed when done. Decoding uses the model's KV cache (GPT.generate_stream), so 
 one pass over the weights, not a pass over the whole context. Settings: the DEFAULTS below, changed
 with --key=value flags or config files, as in train.py.
 """
-import math
 import os
 import sys
 from pathlib import Path
@@ -71,48 +70,16 @@ def ready_for_decoding(model, device="cpu", dtype="float32", compile=False):
     # inference only: casting the weights once halves the bytes each token reads in 16-bit, where
     # autocast would convert every weight again on every call
     model.eval().to(device=device, dtype=getattr(torch, dtype))
-    if device == "cpu":
-        use_decoding_linears(model)
+    # float32 weights laid out for one-row products (see model.DecodingLinear); 16-bit ones decode
+    # faster through F.linear as they are (bench.py's model in float16: ~200 tokens/s, 30 blocked)
+    if device == "cpu" and dtype == "float32":
+        model.prepare_for_decoding()
     if compile:  # slow to start; on a CPU it did not decode faster (the matmuls already dominate)
         # a graph per block and kind of call (prefill, one token): the blocks differ in layer_idx
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, 4 * len(model.transformer.h))
         for block in model.transformer.h:
             block.compile(dynamic=True)  # dynamic: one graph serves every cache length
-    return model
-
-
-class DecodingLinear(torch.nn.Module):
-    """nn.Linear for decoding on a CPU: the same x W^T + b, with W^T stored as n column blocks
-    (n, in, out/n), one per thread. Decoding multiplies one row per sequence by every weight, which
-    MKL does on one core and, in F.linear's (out, in) layout, at about half the speed of an (in, out)
-    one. With generate_stream's output layer split the same way, bench.py's 384-wide model decodes
-    about 1.4x faster on 2 cores (80-90 -> 115-125 tokens/s); see the README's bench.py section."""
-
-    def __init__(self, linear, n):
-        super().__init__()
-        out, inp = linear.weight.shape
-        self.out_features = out
-        blocks = linear.weight.detach().t().reshape(inp, n, out // n).transpose(0, 1)  # (n, in, out/n)
-        self.register_buffer("blocks", blocks.contiguous())
-        bias = linear.bias.detach().view(n, 1, out // n) if linear.bias is not None else None
-        self.register_buffer("bias", bias)  # (n, 1, out/n) or None
-
-    def forward(self, x):
-        y = torch.matmul(x.reshape(-1, x.size(-1)), self.blocks)  # (n, M, out/n): one block per thread
-        if self.bias is not None:
-            y += self.bias
-        return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)  # (..., out)
-
-
-def use_decoding_linears(model):
-    """Swap every nn.Linear but the output layer (tied to the token embedding; generate_stream
-    prepares it itself) for a DecodingLinear, in place. Inference only: the weights become buffers."""
-    threads = torch.get_num_threads()
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.Linear) and child is not model.lm_head:
-                setattr(module, name, DecodingLinear(child, math.gcd(child.out_features, threads)))
     return model
 
 
