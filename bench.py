@@ -164,19 +164,18 @@ def bench_sample(cfg, device):
     model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
     settings = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
     runs = {}
+    repeats = 1 if cfg.quick else 5  # cached runs take seconds: a median of five evens out a noisy machine
     for batch in (1, 8):
         for cache in (True, False):
             idx = torch.zeros(batch, 1, dtype=torch.long, device=device)  # a one-token prompt
-            # the cached runs take seconds: the median of five evens out a noisy machine
-            repeats = 1 if cfg.quick or not cache else 5
             runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = time_decoding(
-                model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats)
+                model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats if cache else 1)
     if device == "cpu" and cfg.dtype == "float32":  # what sample.py --dtype=float16 does instead
         torch.manual_seed(cfg.seed)  # the same weights, in half the bytes
         half = ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16")
         idx = torch.zeros(1, 1, dtype=torch.long)
         runs["cache_batch1_float16"] = time_decoding(half, idx, cfg.new_tokens, True, settings, cfg.seed,
-                                                     1 if cfg.quick else 5)
+                                                     repeats)
     # Decoding one token reads every weight once (a batch shares the read), so memory bandwidth
     # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 26-36 GB/s a copy
     # reached on the 2-core test machine is 220-296 tokens/s. Cached batch 1 ran at 122-134 there,

@@ -143,15 +143,20 @@ def test_forward_without_targets_returns_only_the_last_position():
     assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
 
 
-def test_two_layer_model_overfits_one_batch():
-    model = tiny_model().train()
-    idx = torch.randint(0, 64, (4, 16))
+def fit_one_batch(model, idx, steps):
+    """Train on the one batch idx (B, T+1) for `steps` AdamW steps; return the last training loss."""
+    model.train()
     opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
-    for _ in range(100):
+    for _ in range(steps):
         _, loss = model(idx[:, :-1], idx[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return loss
+
+
+def test_two_layer_model_overfits_one_batch():
+    loss = fit_one_batch(tiny_model(), torch.randint(0, 64, (4, 16)), 100)
     assert loss.item() < 0.1, f"loss after 100 steps on one batch is {loss.item():.3f}"
 
 
@@ -1449,9 +1454,7 @@ variants = pytest.mark.parametrize("variant", list(VARIANTS))
 
 
 def tiny_variant(variant=None, seed=0, **overrides):
-    cfg = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**cfg, **VARIANTS.get(variant, {}), **overrides})).eval()
+    return tiny_model(seed, **{**VARIANTS.get(variant, {}), **overrides})
 
 
 def max_diff(a, b):
@@ -1504,14 +1507,9 @@ def test_greedy_generation_past_block_size_is_the_same_with_and_without_the_cach
 
 @variants
 def test_variant_overfits_one_batch(variant):
-    model = tiny_variant(variant).train()
+    model = tiny_variant(variant)
     idx = torch.randint(0, 64, (4, 17))
-    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
-    for _ in range(60):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fit_one_batch(model, idx, 60)
     model.eval()
     _, final = model(idx[:, :-1], idx[:, 1:])
     assert final.item() < 0.1, f"{variant}: loss {final.item():.3f} after 60 steps on one batch"
