@@ -176,11 +176,11 @@ def bench_sample(cfg, device):
         idx = torch.zeros(1, 1, dtype=torch.long)
         runs["cache_batch1_float16"] = time_decoding(half, idx, cfg.new_tokens, True, settings, cfg.seed,
                                                      repeats)
-    # Decoding one token reads every weight once (a batch shares the read), so memory bandwidth
-    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 26-36 GB/s a copy
-    # reached on the 2-core test machine is 220-296 tokens/s. Cached batch 1 ran at 122-134 there,
-    # 45-55% of the bound: the 77 MB output layer streams at about the copy speed, but the blocks'
-    # 24 small products reach 12-20 GB/s and ~1.1 ms a token is Python and small operations.
+    # Decoding one token reads every weight once (a batch shares the read), so the read bandwidth
+    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 33-39 GB/s a sum
+    # read on the 2-core test machine is 277-322 tokens/s. Cached batch 1 ran at 150-175 in those
+    # runs, 54-56% of the bound: the 77 MB output layer streams at ~35 GB/s, the blocks' 24 small
+    # products at ~20, and attention over the cache, sampling and ~360 small operations take ~2 ms.
     bound = memory_bandwidth(device, cfg.quick) / weight_bytes
     return {"model": shape, "params": params, "new_tokens": cfg.new_tokens,
             "prompt_tokens": 1, "sampling": settings, **runs,
@@ -234,18 +234,17 @@ def bench_cpu(cfg, device):
 
 @lru_cache(maxsize=None)
 def memory_bandwidth(device, quick=False):
-    """Bytes per second moved by a large copy (read + write), best of several: above cache sizes,
-    so it is the memory bus's practical speed."""
-    src = torch.ones((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
-    dst = torch.empty_like(src)
+    """Bytes per second read by a sum over a tensor larger than the caches, best of several: the
+    speed at which weights can stream in (decoding reads them, and writes next to nothing)."""
+    data = torch.ones((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
     best = float("inf")
     for _ in range(3 if quick else 10):
         t0 = time.perf_counter()
-        dst.copy_(src)
+        data.sum()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() * src.element_size() / best
+    return data.numel() * data.element_size() / best
 
 
 # -----------------------------------------------------------------------------
@@ -415,7 +414,7 @@ def table(results):
 
 def _cpu_rows(c):
     return [(f"matmul peak ({c['matmul_dtype']}, n={c['matmul_n']})", f"{c['matmul_gflops']:.1f} GFLOP/s"),
-            ("memory bandwidth (copy)", f"{c['memory_gb_s']:.1f} GB/s")]
+            ("memory bandwidth (read)", f"{c['memory_gb_s']:.1f} GB/s")]
 
 
 def _train_rows(t):

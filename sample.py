@@ -70,8 +70,9 @@ def ready_for_decoding(model, device="cpu", dtype="float32", compile=False):
     # inference only: casting the weights once halves the bytes each token reads in 16-bit, where
     # autocast would convert every weight again on every call
     model.eval().to(device=device, dtype=getattr(torch, dtype))
-    # float32 weights laid out for one-row products (see model.DecodingLinear); 16-bit ones decode
-    # faster through F.linear as they are (bench.py's model in float16: ~200 tokens/s, 30 blocked)
+    # float32 weights laid out for one-row products (see model.DecodingLinear); float16 ones keep
+    # F.linear, since DecodingLinear's bmm has no fast float16 path on a CPU (bench.py's model took
+    # 1.6 s instead of 0.2 to read a 256-token prompt)
     if device == "cpu" and dtype == "float32":
         model.prepare_for_decoding()
     if compile:  # slow to start; on a CPU it did not decode faster (the matmuls already dominate)

@@ -1259,7 +1259,7 @@ def test_decoding_linear_computes_what_nn_linear_does(n):
     torch.manual_seed(0)
     for linear in (torch.nn.Linear(8, 12), torch.nn.Linear(8, 12, bias=False)):
         blocked = DecodingLinear(linear, n)  # n = 5: 12 outputs need 3 zero-padded ones
-        for x in (torch.randn(3, 5, 8), torch.randn(1, 1, 8), torch.randn(0, 8)):
+        for x in (torch.randn(3, 5, 8), torch.randn(1, 1, 8), torch.randn(8), torch.randn(0, 8)):
             with torch.no_grad():
                 want, got = linear(x), blocked(x)
             assert got.shape == want.shape, (got.shape, want.shape)
