@@ -1,10 +1,11 @@
 """The whole GPT in one file.
 
 Read top to bottom: the config, attention (with a KV cache for fast decoding), the feed-forward
-layers, a Transformer block, the GPT itself (forward, generate), sampling, the optimizer and MFU,
-Hugging Face interop, and the checkpoint files every script shares. The defaults are GPT-2; the
-variants (RoPE, SwiGLU, RMSNorm, Mixture of Experts, gradient checkpointing) sit beside the parts
-they replace and are chosen in one place each: make_norm, make_mlp, GPT.hidden_states.
+layers, a Transformer block, a layout of linear layers for decoding on a CPU, the GPT itself
+(forward, generate), sampling, the optimizer and MFU, Hugging Face interop, and the checkpoint
+files every script shares. The defaults are GPT-2; the variants (RoPE, SwiGLU, RMSNorm, Mixture
+of Experts, gradient checkpointing) sit beside the parts they replace and are chosen in one place
+each: make_norm, make_mlp, GPT.hidden_states.
 
 Shapes: B = batch, T = time (tokens), C = n_embd, nh = n_head, hs = head size (C // nh), V = vocab.
 References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017).
