@@ -177,9 +177,9 @@ def bench_sample(cfg, device):
         runs["cache_batch1_float16"] = time_decoding(half, idx, cfg.new_tokens, True, settings, cfg.seed,
                                                      repeats)
     # Decoding one token reads every weight once (a batch shares the read), so the read bandwidth
-    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 33-39 GB/s a sum
-    # read on the 2-core test machine is 277-322 tokens/s. Cached batch 1 ran at 150-175 in those
-    # runs, 54-56% of the bound: the 77 MB output layer streams at ~35 GB/s, the blocks' 24 small
+    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 33-40 GB/s a sum
+    # read on the 2-core test machine is 277-334 tokens/s. Cached batch 1 ran at 150-175 in those
+    # runs, 49-56% of the bound: the 77 MB output layer streams at ~35 GB/s, the blocks' 24 small
     # products at ~20, and attention over the cache, sampling and ~360 small operations take ~2 ms.
     bound = memory_bandwidth(device, cfg.quick) / weight_bytes
     return {"model": shape, "params": params, "new_tokens": cfg.new_tokens,
