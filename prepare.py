@@ -11,7 +11,6 @@ import argparse
 import codecs
 import itertools
 import json
-from contextlib import contextmanager
 import os
 import random
 import shlex
@@ -20,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections import deque
+from contextlib import contextmanager
 from multiprocessing import Pool
 from pathlib import Path
 

@@ -630,6 +630,15 @@ def test_existing_outputs_need_force(tmp_path):
     assert prepare.read_meta(tmp_path / "in")["tokenizer"] == "char"
 
 
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="not a git checkout")
+def test_the_repository_commits_no_prepared_dataset_files():
+    # a committed meta.json would make a fresh clone's `prepare.py NAME` refuse to run without --force
+    tracked = subprocess.run(["git", "ls-files", "data"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    prepared = [p for p in tracked if Path(p).name in ("train.bin", "val.bin", "meta.json")]
+    assert not prepared, f"prepared dataset files are committed: {prepared}"
+
+
 def test_bad_utf8_names_the_byte_offset_and_replace_works(tmp_path):
     src = tmp_path / "latin1.txt"
     src.write_bytes("plain ascii first\n\n".encode() + "caf\xe9".encode("latin-1") + b"\n")
