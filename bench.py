@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 import configurator
-from configurator import UserError, pick_device, pick_dtype
-from model import GPT, GPTConfig, measured_matmul_flops, sample_logits
+from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
+from model import GPT, GPTConfig, sample_logits
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
@@ -97,7 +97,7 @@ def bench_train(cfg, device):
     dt = statistics.median(times)
     model = run.raw_model
     return {"step": "train.train_step", "ms_per_iter": dt * 1000, "tokens_per_s": run.tokens_per_iter / dt,
-            "mfu": model.estimate_mfu(cfg.batch_size * rt.accum, dt), "timed_iters": cfg.timed_iters,
+            "mfu": model.flops_per_token() * run.tokens_per_iter / dt / rt.peak_flops, "timed_iters": cfg.timed_iters,
             "warmup_iters": cfg.warmup_iters, "dtype": rt.dtype, "compile": rt.compile,
             "params": model.get_num_params(), "tokens_per_iter": run.tokens_per_iter,
             "step_peak_memory_mb": peak_mb,
@@ -154,7 +154,7 @@ def write_random_dataset(data_dir, vocab_size, n_tokens):
 
 def bench_sample(cfg, device):
     """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed."""
-    from sample import DEFAULTS as SAMPLE_DEFAULTS, ready_for_decoding
+    from engine import SAMPLING, ready_for_decoding
 
     torch.manual_seed(cfg.seed)
     shape = QUICK_SAMPLE_MODEL if cfg.quick else SAMPLE_MODEL
@@ -162,7 +162,7 @@ def bench_sample(cfg, device):
     params = model.get_num_params()  # what one token reads: every weight once (of the positions, a row)
     weight_bytes = params * torch.finfo(getattr(torch, cfg.dtype)).bits // 8
     model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
-    settings = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
+    settings = {k: SAMPLING[k] for k in ("temperature", "top_k", "top_p")}
     runs = {}
     repeats = 1 if cfg.quick else 5  # cached runs take seconds: a median of five evens out a noisy machine
     for batch in (1, 8):

@@ -1,4 +1,4 @@
-"""Typed command-line and config-file overrides, and one-line errors for user mistakes.
+"""Settings and the machine: typed overrides, one-line errors, device, dtype and peak FLOP/s.
 
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 
@@ -9,7 +9,10 @@ config files first (Python files run with the defaults in scope, in the order gi
 import ast
 import contextlib
 import difflib
+import functools
+import signal
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -18,8 +21,14 @@ class UserError(Exception):
     """A mistake the user can fix (bad flag, missing file, ...): printed as one line, exit code 1."""
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary files removed, old ones kept
+
+
 def run(main):
-    """Call main(); turn a UserError into one line on stderr and a non-zero exit, never a traceback."""
+    """Call main(); turn a UserError into one line on stderr and a non-zero exit, never a traceback.
+    SIGTERM is handled as Ctrl-C is, so that whatever was being written is cleaned up."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
     except UserError as e:
@@ -172,3 +181,48 @@ def autocast(device, dtype):
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+# -----------------------------------------------------------------------------
+# Peak FLOP/s of the device in use, for MFU (model FLOPs utilisation)
+
+# Dense 16-bit tensor-core peaks from the vendors' datasheets, in FLOP/s. The first name contained
+# in torch.cuda.get_device_name() wins, so the more specific names come first. A GPU that is not
+# listed is measured instead (a large matmul), as a CPU is.
+GPU_PEAK_FLOPS = {
+    "H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
+    "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def device_peak_flops(device, dtype):
+    """Peak FLOP/s of the device in use for matmuls in dtype: the table for a known GPU, else measured."""
+    import torch
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, peak in GPU_PEAK_FLOPS.items():
+            if key in name:
+                # fp32 matmuls run as TF32 on these tensor cores: half the 16-bit rate
+                return peak / 2 if dtype == "float32" else peak
+    return measured_matmul_flops(device, dtype)
+
+
+def measured_matmul_flops(device, dtype, n=1024, repeats=10):
+    """Best FLOP/s of a square matmul: the practical peak of a CPU (or an unknown accelerator)."""
+    import torch
+
+    # a private generator: drawing from torch's global RNG would shift the caller's dropout masks
+    gen = torch.Generator(device).manual_seed(0)
+    a, b = torch.randn(2, n, n, generator=gen, device=device, dtype=getattr(torch, dtype))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None  # wait for the GPU
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

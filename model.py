@@ -1,20 +1,19 @@
-"""The whole GPT in one file.
+"""The GPT, in one file read top to bottom.
 
-Read top to bottom: the config, attention (with a KV cache for fast decoding), the feed-forward
-layers, a Transformer block, a layout of linear layers for decoding on a CPU, the GPT itself
-(forward, generate), sampling, the optimizer and MFU, Hugging Face interop, and the checkpoint
-files every script shares. The defaults are GPT-2; the variants (RoPE, SwiGLU, RMSNorm, Mixture
-of Experts, gradient checkpointing) sit beside the parts they replace and are chosen in one place
-each: make_norm, make_mlp, GPT.hidden_states.
+The config; attention with its KV cache (and rotary positions); the feed-forward layers (GELU MLP,
+SwiGLU, Mixture of Experts); the pre-norm Transformer block; sampling from logits; and the GPT
+itself: forward (logits and loss) and generate (KV-cache decoding). The defaults are GPT-2; each
+variant (RoPE, SwiGLU, RMSNorm, MoE, gradient checkpointing) sits beside the part it replaces and is
+chosen in one place: make_norm, make_mlp, GPT.hidden_states.
+
+Everything else lives elsewhere: optimizers in optim.py, checkpoints in checkpoint.py, the CPU
+decoding layout in engine.py, Hugging Face interop in hf.py.
 
 Shapes: B = batch, T = time (tokens), C = n_embd, nh = n_head, hs = head size (C // nh), V = vocab.
 References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017).
 """
 import math
-import os
-import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -31,7 +30,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0  # on attention weights and on each residual branch, training only
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
-    # variants; the defaults are GPT-2, which save_pretrained can write in Hugging Face's format
+    # variants; the defaults are GPT-2's block
     pos_emb: str = "learned"  # 'learned' (a table of positions) or 'rope' (rotary, see apply_rope)
     rope_base: float = 10000.0  # RoPE's slowest rotation turns once every ~2*pi*rope_base positions
     mlp: str = "gelu"  # 'gelu' (GPT-2) or 'swiglu' (see SwiGLU)
@@ -252,47 +251,42 @@ class Block(nn.Module):
         return x
 
 
-class DecodingLinear(nn.Module):
-    """nn.Linear's x W^T + b for decoding on a CPU, where one row per sequence meets every weight
-    matrix and speed is set by how fast the weights stream from memory. W^T is stored cut into n
-    column blocks, (n, in, out/n), so that each of the n CPU threads streams a block of its own.
-    - One row (decoding a single sequence): x W^T = sum_k x[k] W^T[k], a weighted sum of the rows
-      of W^T, which is what F.embedding_bag computes (bag j: block j's rows, weighted by x), with a
-      kernel that streams rows at close to the read bandwidth. In a decoding loop on 2 cores the
-      77 MB output layer took 1.9 ms a token this way, 2.2 ms through bmm and ~7 through F.linear.
-    - Several rows (a batch, a prompt): one bmm, which reads each block once for all the rows.
-    out is zero-padded to a multiple of n; the extra outputs are cut off."""
+# -----------------------------------------------------------------------------
+# Sampling
 
-    def __init__(self, linear, n):
-        super().__init__()
-        out, inp = linear.weight.shape
-        self.out_features = out
-        weight = F.pad(linear.weight.detach(), (0, 0, 0, -out % n))  # (n * out/n, in): zero rows last
-        self.register_buffer("blocks", weight.view(n, -1, inp).transpose(1, 2).contiguous())  # (n, in, out/n)
-        bias = linear.bias
-        if bias is not None:
-            bias = F.pad(bias.detach(), (0, -out % n)).view(n, 1, -1)  # (n, 1, out/n)
-        self.register_buffer("bias", bias)
-        # embedding_bag's view of the blocks: rows 0..n*in of (n*in, out/n), bag j starting at j*in
-        self.register_buffer("row_ids", torch.arange(n * inp), persistent=False)
-        self.register_buffer("bag_starts", torch.arange(0, n * inp, inp), persistent=False)
 
-    def forward(self, x):
-        n, inp, width = self.blocks.shape
-        if x.numel() == inp:  # one row
-            weights = x.reshape(1, inp).expand(n, inp).reshape(-1)  # (n * in,): x once for every bag
-            y = F.embedding_bag(self.row_ids, self.blocks.view(n * inp, width), self.bag_starts,
-                                mode="sum", per_sample_weights=weights)  # (n, out/n)
-            y = y if self.bias is None else y + self.bias.view(n, width)  # (n, out/n)
-        else:
-            rows = x.reshape(-1, inp).expand(n, -1, -1)  # (n, M, in): a view, no copy
-            if self.bias is None:
-                y = torch.bmm(rows, self.blocks)  # (n, M, out/n)
-            else:
-                y = torch.baddbmm(self.bias, rows, self.blocks)  # (n, M, out/n)
-            y = y.transpose(0, 1)  # (M, n, out/n)
-        y = y.reshape(*x.shape[:-1], n * width)  # (..., n * out/n): blocks side by side
-        return y[..., :self.out_features] if n * width != self.out_features else y  # (..., out)
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set to -inf every logit outside the top_k largest, then outside the nucleus: the smallest
+    set of most likely tokens whose probabilities sum to at least top_p (Holtzman et al. 2019)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
+        probs = sorted_logits.softmax(dim=-1)
+        # a token is dropped when the more likely ones before it already reach top_p
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p  # (B, V), the top token never drops
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Pick the next token from logits (B, V): greedy at temperature 0, else sample."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    ids = None
+    if top_k is not None and top_k < logits.size(-1):
+        # keep just the k best: the softmax and the draw then cost k entries, not V (with GPT-2's
+        # 50k-token vocabulary a full-width draw is a noticeable share of a CPU decoding step)
+        logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k) each
+    probs = filter_logits(logits.float() / temperature, None, top_p).softmax(dim=-1)  # (B, k or V)
+    # the exponential race: with E_i ~ Exp(1), argmax p_i / E_i is token i with probability p_i.
+    # torch.multinomial draws the same way, after validating the probabilities, which costs more than
+    # the draw; the clamp keeps a (rare) E = 0 from making 0 / 0 = NaN win for a filtered-out token
+    race = torch.empty_like(probs).exponential_().clamp_(min=torch.finfo(probs.dtype).tiny)  # (B, k or V)
+    choice = (probs / race).argmax(dim=-1, keepdim=True)  # (B, 1)
+    return (choice if ids is None else ids.gather(-1, choice))[:, 0]  # (B,)
 
 
 # -----------------------------------------------------------------------------
@@ -389,38 +383,16 @@ class GPT(nn.Module):
         if self.transformer.wpe is not None:  # RoPE's tables are simply longer than needed
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    @classmethod
-    def from_checkpoint(cls, ckpt):
-        """Rebuild the model stored in a checkpoint dict (see load_checkpoint)."""
-        try:
-            config = GPTConfig(**ckpt["model_args"])
-        except TypeError as e:
-            raise ValueError(f"the checkpoint's model_args do not fit this model.py ({e})") from None
-        model = cls(config)
-        model.load_state_dict(ckpt["model"])
-        return model
-
     # -------------------------------------------------------------------------
     # Generation
 
-    def prepare_for_decoding(self):
-        """Inference on a CPU only: swap every nn.Linear, the output layer included, for a
-        DecodingLinear with the same weights. The output layer becomes a copy of the token
-        embedding rather than the tied parameter, so train no further after this. Returns self."""
-        threads = torch.get_num_threads()
-        for module in list(self.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, DecodingLinear(child, threads))
-        return self
-
-    @torch.inference_mode()  # no_grad, and also no autograd bookkeeping: ~0.2 ms less per token
+    @torch.inference_mode()  # no_grad, and no autograd bookkeeping either: less work per token
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                         eos_token=None):
         """Yield the next token of every row, (B,), one step at a time, using the KV cache. Call
-        model.eval() first, and on a CPU prepare_for_decoding() for speed. A row that has produced
-        eos_token keeps yielding it; the stream ends once every row has. Randomness comes from
-        torch's global RNG (seed it to reproduce)."""
+        model.eval() first (engine.ready_for_decoding does, and lays a CPU model out for speed). A
+        row that has produced eos_token keeps yielding it; the stream ends once every row has.
+        Randomness comes from torch's global RNG (seed it to reproduce)."""
         block = self.config.block_size
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
         cache = None
@@ -447,22 +419,6 @@ class GPT(nn.Module):
         new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, eos_token))
         return torch.cat([idx] + [t[:, None] for t in new], dim=1)
 
-    # -------------------------------------------------------------------------
-    # Optimizer and MFU
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices only: decaying biases and norm gains would pull
-        them toward zero without regularising anything useful."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        grouped = [id(p) for g in groups for p in g["params"]]
-        assert sorted(grouped) == sorted(id(p) for p in params), "each parameter in exactly one group"
-        # the fused kernel updates every tensor in one pass: measured 5x faster than the default
-        # step on CPU (bench.py), and standard on CUDA
-        fused = device_type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-
     def flops_per_token(self):
         """Forward + backward FLOPs per token: 6 per matmul weight (2 forward, 4 backward) plus the
         attention scores and mixing, 12 * n_layer * T * C (PaLM paper, Chowdhery et al. 2022, app. B)."""
@@ -472,181 +428,3 @@ class GPT(nn.Module):
             experts = sum(p.numel() for block in self.transformer.h for p in block.mlp.experts.parameters())
             n -= experts * (cfg.n_expert - cfg.n_expert_active) // cfg.n_expert
         return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
-
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
-        """Model FLOPs utilisation: achieved FLOP/s over the peak of the device in use.
-        fwdbwd_per_iter sequences of block_size tokens took dt seconds."""
-        if peak_flops is None:
-            p = next(self.parameters())
-            peak_flops = device_peak_flops(str(p.device), "bfloat16" if p.is_cuda else "float32")
-        achieved = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter / dt
-        return achieved / peak_flops
-
-    # -------------------------------------------------------------------------
-    # Hugging Face interop (the only place transformers is used)
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir):
-        """GPT-2 weights from a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local
-        Hugging Face directory (works offline)."""
-        GPT2LMHeadModel = _transformers().GPT2LMHeadModel
-        if os.path.isdir(name_or_dir):
-            hf = GPT2LMHeadModel.from_pretrained(name_or_dir, local_files_only=True)
-        elif name_or_dir in HF_GPT2_NAMES:
-            try:
-                hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
-            except OSError as e:
-                raise RuntimeError(
-                    f"could not download '{name_or_dir}' from the Hugging Face hub ({type(e).__name__}); "
-                    "offline, pass a local directory saved with save_pretrained() instead") from None
-        else:
-            raise ValueError(f"'{name_or_dir}' is neither a directory nor one of {', '.join(HF_GPT2_NAMES)}")
-        c = hf.config
-        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
-                              n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True))
-        ours = model.state_dict()
-        with torch.no_grad():
-            for key, value in hf.state_dict().items():
-                if key in ours:  # skips HF's non-parameter buffers (attention masks)
-                    ours[key].copy_(value.t() if _is_conv1d(key) else value)
-        return model
-
-    def save_pretrained(self, out_dir):
-        """Write a directory that transformers.AutoModelForCausalLM.from_pretrained() loads."""
-        c = self.config
-        for key, gpt2s in (("pos_emb", "learned"), ("mlp", "gelu"), ("norm", "layernorm"), ("n_expert", 0)):
-            if getattr(c, key) != gpt2s:
-                raise ValueError(f"save_pretrained: {key}={getattr(c, key)!r} has no place in GPT-2's "
-                                 f"Hugging Face format (it needs {key}={gpt2s!r})")
-        tf = _transformers()
-        hf_config = tf.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                                  n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new",
-                                  resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
-                                  tie_word_embeddings=True)
-        hf = tf.GPT2LMHeadModel(hf_config)
-        ours = self.state_dict()
-        with torch.no_grad():
-            for key, value in hf.state_dict().items():
-                if key in ours:
-                    value.copy_(ours[key].t() if _is_conv1d(key) else ours[key])
-                elif key.endswith(".bias") and key[:-5] + ".weight" in ours:
-                    value.zero_()  # bias=False is the same model as GPT-2 with zero biases
-        hf.save_pretrained(out_dir)
-
-
-HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-def _is_conv1d(key):
-    """HF GPT-2 stores these as Conv1D, (in, out): the transpose of nn.Linear's (out, in)."""
-    return key.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"))
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise ImportError("Hugging Face interop needs transformers: pip install transformers") from None
-    return transformers
-
-
-# -----------------------------------------------------------------------------
-# Sampling
-
-
-def filter_logits(logits, top_k=None, top_p=None):
-    """Set to -inf every logit outside the top_k largest, then outside the nucleus: the smallest
-    set of most likely tokens whose probabilities sum to at least top_p (Holtzman et al. 2019)."""
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
-        probs = sorted_logits.softmax(dim=-1)
-        # a token is dropped when the more likely ones before it already reach top_p
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p  # (B, V), the top token never drops
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick the next token from logits (B, V): greedy at temperature 0, else sample."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)  # (B,)
-    ids = None
-    if top_k is not None and top_k < logits.size(-1):
-        # keep just the k best: the softmax and the draw then cost k entries, not V (a draw over
-        # GPT-2's 50k took ~1 ms on a CPU, a sixth of a decoding step)
-        logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k) each
-    probs = filter_logits(logits.float() / temperature, None, top_p).softmax(dim=-1)  # (B, k or V)
-    # the exponential race: with E_i ~ Exp(1), argmax p_i / E_i is token i with probability p_i.
-    # torch.multinomial draws the same way, after checks on the probabilities costing ~0.15 ms a token;
-    # the clamp keeps a (rare) E = 0 from making 0 / 0 = NaN win for a filtered-out token
-    race = torch.empty_like(probs).exponential_().clamp_(min=torch.finfo(probs.dtype).tiny)  # (B, k or V)
-    choice = (probs / race).argmax(dim=-1, keepdim=True)  # (B, 1)
-    return (choice if ids is None else ids.gather(-1, choice))[:, 0]  # (B,)
-
-
-# -----------------------------------------------------------------------------
-# Device peak FLOP/s, for MFU
-
-# Dense 16-bit tensor-core peaks from the vendors' datasheets, in FLOP/s. The first name contained
-# in torch.cuda.get_device_name() wins, so the more specific names come first.
-GPU_PEAK_FLOPS = {
-    "H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
-    "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
-}
-
-
-@lru_cache(maxsize=None)
-def device_peak_flops(device, dtype):
-    """Peak FLOP/s of the device in use: from the table for a known GPU, else measured."""
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(torch.device(device))
-        for key, peak in GPU_PEAK_FLOPS.items():
-            if key in name:
-                # fp32 matmuls run as TF32 on these tensor cores: half the 16-bit rate
-                return peak / 2 if dtype == "float32" else peak
-    return measured_matmul_flops(device, dtype)
-
-
-def measured_matmul_flops(device, dtype, n=1024, repeats=10):
-    """Best FLOP/s of a square matmul: the practical peak of a CPU (or an unknown accelerator)."""
-    # a private generator: drawing from torch's global RNG would shift the caller's dropout masks
-    gen = torch.Generator(device).manual_seed(0)
-    a, b = torch.randn(2, n, n, generator=gen, device=device, dtype=getattr(torch, dtype))
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None  # wait for the GPU
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-# -----------------------------------------------------------------------------
-# Checkpoint files: written by train.py, read by train.py (resume), sample.py and bench.py
-
-
-def save_checkpoint(path, ckpt):
-    """Write atomically: a crash or Ctrl-C mid-write leaves the previous checkpoint intact."""
-    tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    """Load a checkpoint saved by save_checkpoint, safely (tensors and plain values only)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})"[:300]) from None
-    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not a sprout checkpoint (it has no model_args and model)")
-    return ckpt

@@ -1,25 +1,24 @@
-"""Turn text into token ids on disk: data/<name>/train.bin, val.bin (flat uint16) and meta.json.
+"""Turn text or conversations into token ids on disk: data/<name>/ (see data.py for the format).
 
     python prepare.py shakespeare_char                  # tiny Shakespeare, one token per character
     python prepare.py tinystories                       # or shakespeare, openwebtext, fineweb-edu
     python prepare.py --input=my_texts/ --name=mine     # local .txt / .jsonl / .parquet, file or folder
+    python prepare.py --input=chats.jsonl --format=chat --name=chat     # conversations + a loss mask
 
-Documents are tokenized in worker processes and streamed to disk chunk by chunk, so memory stays flat
-however large the corpus. Other scripts load the tokenizer with `load_tokenizer(read_meta(data_dir))`.
+Where the text comes from is sources.py; the tokenizers are tokenizer.py. Documents are tokenized in
+worker processes and streamed to disk chunk by chunk, so memory stays flat however large the corpus;
+files appear under their final names only once complete (fileio.staged_outputs).
 """
 import argparse
-import codecs
 import itertools
 import json
 import os
-import random
 import shlex
 import signal
 import sys
 import time
-import urllib.request
-from collections import deque
-from contextlib import contextmanager
+from collections import Counter, deque
+from contextlib import ExitStack
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -27,285 +26,14 @@ import numpy as np
 
 import configurator
 from configurator import UserError
+from data import SPLITS, token_dtype
+from fileio import staged_outputs
+from sources import (DATASETS, DOC_SEPS, download, hub_conversations, hub_splits, input_files,
+                     local_conversations, local_splits)
+from tokenizer import (CHAT_TEMPLATE, ROLES, conversation_problem, encode_conversation, load_tokenizer,
+                       tokenizer_fields)
 
-SPLITS = ("train", "val")
-EOT_TEXT = "<|endoftext|>"
-TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
-DOC_SEPS = ("blank", "eot", "none")  # .txt documents: blank-line blocks, <|endoftext|>, whole file
 CHUNK_CHARS = 1 << 20  # text per worker task: big enough to amortise IPC, small enough to stay flat
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-
-# Named datasets. "load" holds datasets.load_dataset's arguments; "splits" maps ours to the hub's when
-# the set has its own validation split, otherwise val is carved off at random with val_fraction.
-DATASETS = {
-    # doc_sep="eot" fits the official TinyStories*.txt files, for `tinystories --input=...`.
-    "tinystories": dict(load=dict(path="roneneldan/TinyStories"), splits=("train", "validation"),
-                        doc_sep="eot"),
-    # One document split by characters, 90/10, so that losses compare with published numbers.
-    "shakespeare": dict(url=SHAKESPEARE_URL, doc_sep="none"),
-    "shakespeare_char": dict(url=SHAKESPEARE_URL, doc_sep="none", tokenizer="char"),
-    # The hub's copy is a legacy loading script; its parquet export loads with current `datasets`.
-    "openwebtext": dict(load=dict(path="Skylion007/openwebtext", revision="refs/convert/parquet",
-                                  streaming=True), val_fraction=0.0005),
-    "fineweb-edu": dict(load=dict(path="HuggingFaceFW/fineweb-edu", name="sample-10BT", streaming=True),
-                        val_fraction=0.0005),
-    # Conversations (a "messages" list of {role, content}) for chat fine-tuning, tokenized by chat.py
-    # with a loss mask on the replies; local .jsonl conversations take --format=chat.
-    "ultrachat": dict(load=dict(path="HuggingFaceH4/ultrachat_200k"), splits=("train_sft", "test_sft"),
-                      format="chat"),
-}
-
-
-# ----------------------------------------------------------------------------- tokenizers
-
-class GPT2Tokenizer:
-    """GPT-2 BPE via tiktoken. encode() never parses special tokens: "<|endoftext|>" in text is text."""
-    name = "gpt2"
-
-    def __init__(self):
-        import tiktoken
-        try:
-            self._enc = tiktoken.get_encoding("gpt2")
-        except Exception as e:  # offline: a requests ConnectionError; a bad cache: ValueError
-            raise UserError(f"could not load the GPT-2 BPE files ({type(e).__name__}); offline, set "
-                            "TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached gpt2 files") from None
-        self.vocab_size = self._enc.n_vocab  # 50257
-        self.eot_token = self._enc.eot_token  # 50256
-
-    def encode(self, text):
-        return self._enc.encode_ordinary(text)
-
-    def encode_batch(self, texts):
-        # One thread: the parallelism comes from worker processes (threads gain nothing here).
-        return self._enc.encode_ordinary_batch(texts, num_threads=1)
-
-    def decode(self, ids):
-        return self._enc.decode(ids)
-
-
-class CharTokenizer:
-    """One id per character of the data's vocabulary, plus an end-of-text id when documents need one."""
-    name = "char"
-
-    def __init__(self, chars, eot_token=None):
-        self.chars = list(chars)
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-        self.eot_token = eot_token
-        self.vocab_size = len(self.chars) + (eot_token is not None)
-
-    def encode(self, text):
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise UserError(f"character {e.args[0]!r} is not in this dataset's vocabulary of "
-                            f"{len(self.chars)} characters") from None
-
-    def encode_batch(self, texts):
-        return [self.encode(t) for t in texts]
-
-    def decode(self, ids):
-        return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in ids)
-
-
-def load_tokenizer(meta):
-    """The tokenizer a dataset's meta.json names: the one place in the project that builds one."""
-    kind = meta.get("tokenizer")
-    if kind == "gpt2":
-        return GPT2Tokenizer()
-    if kind == "char":
-        return CharTokenizer(meta["chars"], meta.get("eot_token"))
-    raise UserError(f"unknown tokenizer {kind!r} in meta.json (expected 'gpt2' or 'char')")
-
-
-def read_meta(data_dir):
-    """A prepared dataset's meta.json as a dict."""
-    path = Path(data_dir) / "meta.json"
-    if not path.exists():
-        raise UserError(f"{path} not found: run `python prepare.py {Path(data_dir).name}` first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); re-run prepare.py with --force") from None
-
-
-def token_dtype(vocab_size):
-    # Ids run from 0 to vocab_size - 1: uint16 holds them up to a 65,536-token vocabulary.
-    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
-
-
-# ----------------------------------------------------------------------------- reading documents
-
-def input_files(path):
-    """The files behind --input: the file itself, or a folder's .txt/.jsonl/.parquet files, sorted."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"input {path} does not exist")
-    if not path.is_dir():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not files:
-        raise UserError(f"folder {path} has no {', '.join(TEXT_SUFFIXES)} files")
-    return files
-
-
-def read_documents(path, doc_sep="blank", text_field="text", errors="strict"):
-    """Yield one file's non-empty documents as strings, streaming (one document in memory at a time)."""
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            yield from _jsonl_documents(path, text_field, errors)
-        elif suffix == ".parquet":
-            yield from _parquet_documents(path, text_field)
-        else:
-            yield from _txt_documents(path, doc_sep, errors)
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text (first bad byte at offset {_first_bad_byte(path)}); "
-                        "convert it, or pass --errors=replace to substitute U+FFFD") from None
-
-
-def _txt_documents(path, doc_sep, errors):
-    with open(path, encoding="utf-8", errors=errors) as f:
-        if doc_sep == "none":
-            text = f.read()
-            if text.strip():
-                yield text  # kept whole, as read: the classic character split depends on it
-        elif doc_sep == "eot":
-            rest = ""
-            while block := f.read(CHUNK_CHARS):
-                *docs, rest = (rest + block).split(EOT_TEXT)
-                yield from (d.strip() for d in docs if d.strip())
-            if rest.strip():
-                yield rest.strip()
-        else:  # a document is a run of non-blank lines, without its final newline
-            lines = []
-            for line in f:
-                if line.strip():
-                    lines.append(line)
-                elif lines:
-                    yield "".join(lines).removesuffix("\n")
-                    lines = []
-            if lines:
-                yield "".join(lines).removesuffix("\n")
-
-
-def _jsonl_documents(path, text_field, errors):
-    with open(path, encoding="utf-8", errors=errors) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno} is not valid JSON ({e.msg})") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                fields = list(record) if isinstance(record, dict) else []
-                raise UserError(f"{path}:{lineno} has no text field {text_field!r} (fields: {fields}); "
-                                "choose one with --text_field=NAME")
-            if text.strip():
-                yield text
-
-
-def _parquet_documents(path, text_field):
-    import pyarrow.parquet as pq  # comes with `datasets`
-    try:
-        table = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow's ArrowInvalid for a file that is not parquet
-        raise UserError(f"{path} is not a readable parquet file ({e})") from None
-    if text_field not in table.schema_arrow.names:
-        raise UserError(f"{path} has no column {text_field!r} (columns: {table.schema_arrow.names}); "
-                        "choose one with --text_field=NAME")
-    for batch in table.iter_batches(batch_size=1024, columns=[text_field]):
-        yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
-
-
-def _first_bad_byte(path):
-    """Byte offset of the first invalid UTF-8 sequence, found in blocks so a huge file is never loaded."""
-    decoder, pos = codecs.getincrementaldecoder("utf-8")(), 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(CHUNK_CHARS)
-            pending = len(decoder.getstate()[0])  # bytes of a character split across blocks
-            try:
-                decoder.decode(block, final=not block)
-            except UnicodeDecodeError as e:
-                return pos - pending + e.start
-            if not block:
-                return None
-            pos += len(block)
-
-
-# ----------------------------------------------------------------------------- splitting
-
-def local_splits(paths, val_fraction, doc_sep="blank", text_field="text", errors="strict"):
-    """(split, text) pairs for local files: the last val_fraction of the documents go to val; a single
-    document is split by characters instead (first 1 - val_fraction train), as the classic recipe does.
-    Returns (make_pairs, n_docs): a first pass counts documents and checks the encoding up front."""
-    def documents():
-        for path in paths:
-            yield from read_documents(path, doc_sep, text_field, errors)
-
-    n_docs = sum(1 for _ in documents())
-    if n_docs == 0:
-        raise UserError(f"no text found in {', '.join(map(str, paths))}: the input is empty")
-
-    def pairs():
-        if n_docs == 1:
-            (text,) = documents()
-            cut = int(len(text) * (1 - val_fraction))
-            yield "train", text[:cut]
-            yield "val", text[cut:]
-            return
-        n_val = max(1, round(n_docs * val_fraction))
-        for i, text in enumerate(documents()):
-            yield ("train" if i < n_docs - n_val else "val"), text
-
-    return pairs, n_docs
-
-
-def hub_splits(spec, val_fraction, text_field="text", seed=2357):
-    """(split, text) pairs from the Hugging Face hub: the set's own splits, or val carved off at random
-    (seeded, one coin per document, so it works on a stream of unknown length)."""
-    if "splits" in spec:
-        for ours, theirs in zip(SPLITS, spec["splits"]):
-            yield from ((ours, text) for text in _hub_texts(spec["load"], theirs, text_field))
-        return
-    rng = random.Random(seed)
-    for text in _hub_texts(spec["load"], "train", text_field):
-        yield ("val" if rng.random() < val_fraction else "train"), text
-
-
-def _hub_texts(load_args, split, text_field):
-    import datasets  # slow to import: only when a hub set is asked for
-    try:
-        ds = datasets.load_dataset(**load_args, split=split)
-        if ds.column_names is not None and text_field not in ds.column_names:  # None: unknown yet
-            raise UserError(f"{load_args['path']} has no column {text_field!r} (columns: "
-                            f"{ds.column_names}); choose one with --text_field=NAME")
-        for batch in ds.select_columns([text_field]).iter(batch_size=1000):
-            yield from (t for t in batch[text_field] if t and t.strip())
-    except OSError as e:  # ConnectionError when offline, DatasetNotFoundError, HTTP errors
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"could not load {load_args['path']} from the Hugging Face hub ({reason}); "
-                        "offline, use --input=PATH with local files, or HF_HUB_OFFLINE=1 with a "
-                        "filled cache") from None
-
-
-def download(url, path):
-    """Fetch url to path once; later runs reuse the file."""
-    if not path.exists():
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                body = response.read()
-        except OSError as e:  # URLError, timeouts, DNS failures
-            raise UserError(f"could not download {url} ({getattr(e, 'reason', e)}); "
-                            "offline, pass --input=PATH to a local copy") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_name(path.name + ".tmp").write_bytes(body)
-        os.replace(path.with_name(path.name + ".tmp"), path)
-    return path
-
 
 # ----------------------------------------------------------------------------- tokenize and write
 
@@ -314,6 +42,7 @@ _tokenizer = None  # the tokenizer of this (worker) process
 
 def _init_worker(tok_meta):
     global _tokenizer
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() ends workers with SIGTERM
     _tokenizer = load_tokenizer(tok_meta)
 
 
@@ -398,29 +127,10 @@ def check_outputs(data_dir, force=False):
         raise UserError(f"{data_dir} already holds {', '.join(existing)}; pass --force to overwrite")
 
 
-@contextmanager
-def staged_outputs(data_dir, names):
-    """Yield {name: temp path} for each file in names; rename them all into place, in that order,
-    only if the block finishes. An interrupted run leaves the previous dataset (or nothing) in
-    place, never a .bin that looks complete: so meta.json goes last."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = {n: data_dir / f"{n}.tmp" for n in names}
-    try:
-        yield tmp
-        for n in names:
-            os.replace(tmp[n], data_dir / n)
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-        if not any(data_dir.iterdir()):  # a failed first run leaves no empty folder behind
-            data_dir.rmdir()
-
-
 def dataset_meta(tok, name, source, command):
     """The meta.json fields every prepared dataset has (the token counts are added by the writer)."""
-    return {"name": name, "tokenizer": tok.name, "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
-            "dtype": np.dtype(token_dtype(tok.vocab_size)).name, "source": str(source), "command": command,
-            **({"chars": tok.chars} if tok.name == "char" else {})}
+    return {"name": name, **tokenizer_fields(tok), "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
+            "source": str(source), "command": command}
 
 
 def write_json(path, obj):
@@ -490,6 +200,98 @@ def prepare_hub(spec, data_dir, tokenizer="gpt2", *, val_fraction=0.0005, text_f
                          name=name, source=source, command=command)
 
 
+# ----------------------------------------------------------------------------- conversations
+
+def survey(conversations, want_chars=False):
+    """One pass to count: usable conversations per split, skipped ones by reason, characters used."""
+    usable, skipped, chars = Counter(), Counter(), set()
+    for split, messages in conversations:
+        if problem := conversation_problem(messages):
+            skipped[problem] += 1
+            continue
+        usable[split] += 1
+        if want_chars:
+            chars.update(c for m in messages for c in m["content"].strip())
+    return usable, skipped, chars
+
+
+def skipped_summary(usable, skipped):
+    """'skipped 3 of 40 conversations (2 empty content, 1 unknown role 'tool')'."""
+    reasons = ", ".join(f"{n:,} {reason}" for reason, n in skipped.most_common(5))
+    more = f", {len(skipped) - 5} more reasons" if len(skipped) > 5 else ""
+    total = sum(usable.values()) + sum(skipped.values())
+    return f"skipped {sum(skipped.values()):,} of {total:,} conversations" + (
+        f" ({reasons}{more})" if skipped else "")
+
+
+def assign_splits(conversations, n_usable, val_fraction):
+    """Usable conversations with their split: the hub's own, or the last val_fraction of a local file."""
+    n_val = max(1, round(n_usable * val_fraction))
+    i = 0
+    for split, messages in conversations:
+        if conversation_problem(messages):
+            continue
+        if split is None:
+            split = "train" if i < n_usable - n_val else "val"
+            i += 1
+        yield split, messages
+
+
+def prepare_chat(data_dir, *, paths=None, hub=None, tokenizer="gpt2", val_fraction=0.1, force=False,
+                 name=None, command=""):
+    """Tokenize conversations (local .jsonl paths, or a hub set: a prepare.DATASETS entry) into
+    data_dir: train.bin/val.bin, train_mask.bin/val_mask.bin (uint8, 1 = train on this token) and
+    meta.json. One process: chat sets are small next to pretraining corpora. Returns the meta."""
+    check_outputs(data_dir, force)
+
+    def conversations():  # a fresh stream each call: the first pass only counts
+        return hub_conversations(hub) if hub else local_conversations(paths)
+
+    usable, skipped, chars = survey(conversations(), want_chars=tokenizer == "char")
+    print(f"{sum(usable.values()):,} usable conversations; {skipped_summary(usable, skipped)}")
+    if not usable:
+        raise UserError(f"no usable conversations ({skipped_summary(usable, skipped)}); each needs a "
+                        "messages list of {role: system|user|assistant, content} with an assistant reply")
+    if not hub and usable[None] < 2:
+        raise UserError("only one usable conversation: at least two are needed (one goes to val)")
+    tok_meta = {"tokenizer": tokenizer}
+    if tokenizer == "char":  # the markers' characters join the data's, and end-of-text comes last
+        chars = sorted(chars | set("".join(ROLES.values()) + " "))
+        tok_meta.update(chars=chars, eot_token=len(chars))
+    tok = load_tokenizer(tok_meta)
+    source = "hf:" + hub["load"]["path"] if hub else ", ".join(str(Path(p).resolve()) for p in paths)
+    meta = dataset_meta(tok, name or Path(data_dir).name, source, command) | {
+        "chat_template": CHAT_TEMPLATE,
+        "loss_mask": "train_mask.bin, val_mask.bin: uint8 per token, 1 = an assistant token to learn",
+        "skipped_conversations": sum(skipped.values())}
+    pairs = assign_splits(conversations(), usable[None], val_fraction)
+    return write_chat_files(pairs, tok, Path(data_dir), meta, total=sum(usable.values()))
+
+
+def write_chat_files(pairs, tok, data_dir, meta, total):
+    """Stream each conversation's ids and mask to the splits' files, add the counts to meta, and
+    rename everything into place only when all went well (fileio.staged_outputs). Returns the meta."""
+    from tqdm import tqdm
+    names = [f"{s}{kind}.bin" for s in SPLITS for kind in ("", "_mask")] + ["meta.json"]
+    counts = {s: Counter() for s in SPLITS}
+    dtype = token_dtype(tok.vocab_size)
+    with staged_outputs(data_dir, names) as tmp, ExitStack() as stack:
+        files = {n: stack.enter_context(open(tmp[n], "wb")) for n in names[:-1]}
+        for split, messages in tqdm(pairs, total=total, unit="conv", desc="tokenizing", mininterval=0.5):
+            ids, mask = encode_conversation(tok, messages)
+            files[f"{split}.bin"].write(np.array(ids, dtype=dtype).tobytes())
+            files[f"{split}_mask.bin"].write(np.array(mask, dtype=np.uint8).tobytes())
+            counts[split].update(tokens=len(ids), trained=sum(mask), conversations=1)
+        stack.close()  # flush the .bin files before they are renamed
+        if empty := [s for s in SPLITS if not counts[s]["tokens"]]:
+            raise UserError(f"the {empty[0]} split has no usable conversations; give more conversations")
+        meta |= {f"{s}_tokens": counts[s]["tokens"] for s in SPLITS} | {
+            f"{s}_conversations": counts[s]["conversations"] for s in SPLITS} | {
+            f"{s}_reply_tokens": counts[s]["trained"] for s in SPLITS}
+        write_json(tmp["meta.json"], meta)
+    return meta
+
+
 # ----------------------------------------------------------------------------- command line
 
 def cpu_count():
@@ -517,7 +319,7 @@ def parse_args(argv):
                    "<|endoftext|>, or none (whole file)")
     p.add_argument("--text_field", default="text", help="field/column holding the text")
     p.add_argument("--format", choices=("text", "chat"), help="chat: .jsonl conversations (a messages list "
-                   "of {role, content} per line), tokenized with a loss mask on the replies; see chat.py")
+                   "of {role, content} per line), tokenized with a loss mask on the replies")
     p.add_argument("--num_proc", type=int, default=cpu_count(), help="tokenizer processes")
     p.add_argument("--errors", choices=("strict", "replace"), default="strict",
                    help="what to do with bytes that are not UTF-8")
@@ -545,12 +347,11 @@ def main(argv=None):
                   text_field=args.text_field, num_proc=args.num_proc, force=args.force, name=name,
                   command=shlex.join(["python", "prepare.py", *argv]))
     started = time.time()
-    if (args.format or spec.get("format")) == "chat":  # conversations: chat.py adds the loss mask
-        import chat
+    if (args.format or spec.get("format")) == "chat":  # conversations, with a loss mask on the replies
         if args.input is None and spec.get("format") != "chat":
             raise UserError("--format=chat reads --input=FILE.jsonl or a chat dataset (ultrachat)")
         hub = spec if args.input is None else None
-        meta = chat.prepare_chat(data_dir, paths=None if hub else input_files(args.input), hub=hub,
+        meta = prepare_chat(data_dir, paths=None if hub else input_files(args.input), hub=hub,
                                  tokenizer=common["tokenizer"], val_fraction=val_fraction, force=args.force,
                                  name=name, command=common["command"])
     elif args.input is None and "load" in spec:

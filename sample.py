@@ -1,15 +1,15 @@
-"""Generate text from a trained checkpoint or from GPT-2's weights.
+"""Generate text in the terminal, from a trained checkpoint or from GPT-2's weights.
 
     python sample.py --out_dir=out-tinystories --start="Once upon a time"
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt --num_samples=3 --max_new_tokens=200
     python sample.py --out_dir=out-shakespeare-char --interactive
+    python sample.py --out_dir=out-chat --chat
 
 One sample streams to the terminal token by token; several are generated together as one batch and
 printed when done. Decoding uses the model's KV cache (GPT.generate_stream), so each new token costs
-one pass over the weights, not a pass over the whole context. Settings: the DEFAULTS below, changed
-with --key=value flags or config files, as in train.py.
+one pass over the weights, not a pass over the whole context; engine.py lays the model out for it.
+Settings: the DEFAULTS below, changed with --key=value flags or config files, as in train.py.
 """
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,96 +17,41 @@ from types import SimpleNamespace
 import torch
 
 import configurator
+from checkpoint import load_model
 from configurator import UserError, pick_device, pick_dtype
-from model import GPT, HF_GPT2_NAMES, load_checkpoint
-from prepare import load_tokenizer
+from engine import SAMPLING, Engine, generate_texts, ready_for_decoding, stream_text
+from tokenizer import load_tokenizer
 
 DEFAULTS = dict(
     init_from="resume",  # 'resume' (out_dir/ckpt.pt), 'gpt2'...'gpt2-xl', or a local Hugging Face dir
     out_dir="out",  # where train.py wrote ckpt.pt
     start="\n",  # the prompt: text, or FILE:path to read it from a file; '' starts a new document
     num_samples=1,  # more than one: generated together as a batch
-    max_new_tokens=500,
-    temperature=0.8,  # 0: always the most likely token (greedy); below 1 safer, above 1 wilder
-    top_k=200,  # sample only among the k most likely tokens; 0 = no limit
-    top_p=1.0,  # nucleus: only the most likely tokens holding this much probability; 1.0 = no limit
+    max_new_tokens=SAMPLING["max_new_tokens"],
+    temperature=SAMPLING["temperature"],  # 0: always the likeliest token; below 1 safer, above 1 wilder
+    top_k=SAMPLING["top_k"],  # sample only among the k most likely tokens; 0 = no limit
+    top_p=SAMPLING["top_p"],  # nucleus: the likeliest tokens holding this much probability; 1.0 = all
     stop_at_eot=True,  # end a sample at the end-of-text token, as a document ends
     interactive=False,  # a prompt loop: type, read the continuation, repeat
-    chat=False,  # talk with the model in the terminal, in turns (see chat.py)
-    serve=False,  # a web page and a JSON API (POST /generate) for stories and chat (see chat.py)
-    host="127.0.0.1",  # where --serve listens; 0.0.0.0 opens it to the network, without authentication
-    port=8000,  # --serve's port; 0 picks a free one
+    chat=False,  # talk with the model in the terminal, in turns (the chat template: tokenizer.py)
     seed=1337,
     device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', 'bfloat16', 'float16'
     compile=False,  # torch.compile the Transformer blocks: slow to start, and no faster on a CPU
 )
 SEPARATOR = "-" * 40  # printed after each sample
-GPT2_META = {"tokenizer": "gpt2"}  # what load_tokenizer needs for GPT-2's own weights
 
 
 # -----------------------------------------------------------------------------
 # Model and tokenizer
 
 
-def load_model(init_from, out_dir, device="cpu", dtype="float32", compile=False):
-    """The model (eval mode, on device, in dtype) and its tokenizer, from a checkpoint or GPT-2."""
-    if init_from == "resume":
-        model, meta = _model_from_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-    elif init_from in HF_GPT2_NAMES or os.path.isdir(init_from):
-        try:
-            model = GPT.from_pretrained(init_from)
-        except (ImportError, RuntimeError, ValueError, OSError) as e:
-            raise UserError(f"init_from={init_from!r}: {_one_line(e)}") from None
-        meta = GPT2_META
-    else:
-        raise UserError(f"init_from={init_from!r} is not 'resume', a GPT-2 name "
-                        f"({', '.join(HF_GPT2_NAMES)}) or an existing directory")
-    return ready_for_decoding(model, device, dtype, compile), load_tokenizer(meta)
-
-
-def ready_for_decoding(model, device="cpu", dtype="float32", compile=False):
-    """The model as sample.py runs it: eval mode, on device, in dtype, laid out for decoding."""
-    # inference only: casting the weights once halves the bytes each token reads in 16-bit, where
-    # autocast would convert every weight again on every call
-    model.eval().to(device=device, dtype=getattr(torch, dtype))
-    # float32 weights laid out for one-row products (see model.DecodingLinear); float16 ones keep
-    # F.linear, since DecodingLinear's bmm has no fast float16 path on a CPU (bench.py's model took
-    # 1.6 s instead of 0.2 to read a 256-token prompt)
-    if device == "cpu" and dtype == "float32":
-        model.prepare_for_decoding()
-    if compile:  # slow to start; on a CPU it did not decode faster (the matmuls already dominate)
-        # a graph per block and kind of call (prefill, one token): the blocks differ in layer_idx
-        limit = torch._dynamo.config.recompile_limit
-        torch._dynamo.config.recompile_limit = max(limit, 4 * len(model.transformer.h))
-        for block in model.transformer.h:
-            block.compile(dynamic=True)  # dynamic: one graph serves every cache length
-    return model
-
-
-def _model_from_checkpoint(path):
-    """A model and its dataset's meta dict from a train.py checkpoint."""
-    try:
-        ckpt = load_checkpoint(path)
-    except FileNotFoundError:
-        out_dir = os.path.dirname(path)
-        raise UserError(f"no checkpoint at {path}: train one (e.g. `python train.py "
-                        f"config/train_shakespeare_char.py --out_dir={out_dir}`), point --out_dir at a "
-                        f"training run, or sample GPT-2's weights with --init_from=gpt2") from None
-    except ValueError as e:
-        raise UserError(_one_line(e)) from None
-    try:
-        model = GPT.from_checkpoint(ckpt)
-    except (ValueError, RuntimeError, KeyError) as e:  # RuntimeError: the weights do not fit model_args
-        raise UserError(f"{path} does not match this model.py: {_one_line(e)}") from None
-    meta = ckpt.get("meta")
-    if not meta:  # an older or hand-made checkpoint: only a GPT-2-sized vocabulary can be guessed
-        if model.config.vocab_size < 50257:
-            raise UserError(f"{path} records no tokenizer (no 'meta'), and its "
-                            f"{model.config.vocab_size}-token vocabulary is not GPT-2's; re-save it "
-                            f"with the dataset's meta.json")
-        meta = GPT2_META
-    return model, meta
+def load(cfg, device="cpu", dtype="float32"):
+    """The model, ready for decoding on device in dtype, and its tokenizer."""
+    hint = (f": train one (e.g. `python train.py config/train_shakespeare_char.py --out_dir={cfg.out_dir}`), "
+            "point --out_dir at a training run, or sample GPT-2's weights with --init_from=gpt2")
+    model, meta, _ = load_model(cfg.init_from, cfg.out_dir, hint)
+    return ready_for_decoding(model, device, dtype, cfg.compile), load_tokenizer(meta)
 
 
 def _one_line(error):
@@ -153,50 +98,8 @@ def encode_prompt(tokenizer, text, block_size):
 # Generation
 
 
-def stream_text(model, tokenizer, ids, cfg, stats=None):
-    """Yield one continuation of the prompt ids as text, piece by piece, as the tokens are made.
-    A `stats` dict, if given, receives "tokens" (how many were made) and "stop" ("end_of_text" or
-    "max_new_tokens")."""
-    eot = tokenizer.eot_token if cfg.stop_at_eot else None
-    idx = torch.tensor([ids], device=_device_of(model))  # (1, T)
-    stats = {} if stats is None else stats
-    stats.update(tokens=0, stop="max_new_tokens")
-    pending = []  # tokens not yet printed: a character's UTF-8 bytes may span several BPE tokens
-    for token in model.generate_stream(idx, cfg.max_new_tokens, **_sampling(cfg), eos_token=eot):
-        token = token.item()
-        stats["tokens"] += 1
-        if token == eot:
-            stats["stop"] = "end_of_text"
-            break
-        pending.append(token)
-        text = tokenizer.decode(pending)
-        # an incomplete character decodes to U+FFFD; wait for its remaining bytes (at most 4 in all)
-        if not text.endswith("\ufffd") or len(pending) >= 4:
-            yield text
-            pending = []
-    if pending:
-        yield tokenizer.decode(pending)
-
-
-def generate_texts(model, tokenizer, ids, num_samples, cfg):
-    """num_samples continuations of the prompt ids, generated together as one batch."""
-    eot = tokenizer.eot_token if cfg.stop_at_eot else None
-    idx = torch.tensor([ids] * num_samples, device=_device_of(model))  # (B, T)
-    rows = [[] for _ in range(num_samples)]
-    for tokens in model.generate_stream(idx, cfg.max_new_tokens, **_sampling(cfg), eos_token=eot):
-        for row, token in zip(rows, tokens.tolist()):  # (B,)
-            row.append(token)
-    if eot is not None:  # a finished row kept yielding eot while the others went on
-        rows = [row[:row.index(eot)] if eot in row else row for row in rows]
-    return [tokenizer.decode(row) for row in rows]
-
-
-def _sampling(cfg):
-    return dict(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
-
-
-def _device_of(model):
-    return next(model.parameters()).device
+def _settings(cfg):
+    return {k: getattr(cfg, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens")}
 
 
 def write_samples(model, tokenizer, prompt, cfg, echo=True):
@@ -205,11 +108,11 @@ def write_samples(model, tokenizer, prompt, cfg, echo=True):
     shown = tokenizer.decode([i for i in ids if i != tokenizer.eot_token]) if echo else ""
     if cfg.num_samples == 1:
         _write(shown)
-        for piece in stream_text(model, tokenizer, ids, cfg):
+        for piece in stream_text(model, tokenizer, ids, _settings(cfg), stop_at_eot=cfg.stop_at_eot):
             _write(piece)
         _write("\n")
         return
-    for text in generate_texts(model, tokenizer, ids, cfg.num_samples, cfg):
+    for text in generate_texts(model, tokenizer, ids, cfg.num_samples, _settings(cfg), cfg.stop_at_eot):
         _write(f"{shown}{text}\n{SEPARATOR}\n")
 
 
@@ -240,6 +143,73 @@ def interactive(model, tokenizer, cfg):
 
 
 # -----------------------------------------------------------------------------
+# Chat
+
+
+def chat_in_terminal(engine):
+    """A REPL: keeps the history, streams each reply, /reset and /quit; Ctrl-D quits, Ctrl-C stops a
+    reply."""
+    if engine.chat_error:
+        raise UserError(engine.chat_error)
+    print(f"chatting with {engine.name} ({engine.block_size}-token context). /reset starts over, /quit or "
+          "Ctrl-D leaves, Ctrl-C stops a reply.")
+    history, warned = [], False
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print("\n(/quit or Ctrl-D leaves)")
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            history = []
+            print("(a new conversation)")
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]}: /reset starts over, /quit leaves")
+            continue
+        if not line:
+            continue
+        asked = history + [{"role": "user", "content": line}]
+        try:
+            ids, history = engine.chat_prompt(asked, engine.defaults["max_new_tokens"])
+        except UserError as e:  # a character a char vocabulary lacks: say so, ask again
+            print(f"error: {e}")
+            continue
+        if len(history) < len(asked) and not warned:
+            print(f"(the conversation no longer fits the {engine.block_size}-token context: "
+                  "the oldest turns are left out from now on)")
+            warned = True
+        history = _answer(engine, ids, history)
+
+
+def _answer(engine, ids, history):
+    """Stream one reply to stdout; returns the history with it (or without the question if the
+    reply came out empty, so that turns keep alternating)."""
+    print("bot> ", end="", flush=True)
+    pieces, stats = [], {}
+    reply = engine.reply({"ids": ids, "settings": engine.defaults, "chat": True}, stats)
+    try:
+        for piece in reply:
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+        print()
+    except KeyboardInterrupt:
+        print(" [stopped]")
+    finally:
+        reply.close()  # Ctrl-C may land outside the generator: closing it frees the model's lock
+    text = "".join(pieces).strip()
+    if not text:
+        print("(no reply)")
+        return history[:-1]
+    return history + [{"role": "assistant", "content": text}]
+
+
+# -----------------------------------------------------------------------------
 
 
 def check_settings(cfg):
@@ -258,11 +228,15 @@ def main():
     prompt = None if cfg.interactive else read_prompt(cfg.start)  # a bad path fails before the load
     device = pick_device(cfg.device)
     dtype = pick_dtype(device, cfg.dtype)
-    model, tokenizer = load_model(cfg.init_from, cfg.out_dir, device, dtype, cfg.compile)
+    model, tokenizer = load(cfg, device, dtype)
     torch.manual_seed(cfg.seed)
-    if cfg.chat or cfg.serve:  # chat.py holds the chat template, the terminal chat and the web server
-        import chat
-        chat.main(model, tokenizer, cfg)
+    if cfg.chat:
+        name = Path(cfg.out_dir).name if cfg.init_from == "resume" else cfg.init_from
+        try:
+            engine = Engine(model, tokenizer, _settings(cfg), name)
+        except ValueError as e:  # settings a chat reply cannot take
+            raise UserError(str(e)) from None
+        chat_in_terminal(engine)
     elif cfg.interactive:
         interactive(model, tokenizer, cfg)
     else:

@@ -15,18 +15,19 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, fields
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
-from configurator import UserError, autocast, pick_device, pick_dtype
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
-from prepare import read_meta
+from checkpoint import load_model, save_checkpoint
+from configurator import UserError, autocast, device_peak_flops, pick_device, pick_dtype
+from data import Split, read_meta
+from model import GPT, GPTConfig
+from optim import configure_optimizers, load_optimizer_states, set_lr_multiplier
+from plot import write_loss_svg
 
 DEFAULTS = dict(
     # files
@@ -54,18 +55,20 @@ DEFAULTS = dict(
     n_embd=768,
     dropout=0.0,  # 0 for pretraining; 0.1-0.2 helps small models on little data
     bias=False,  # biases in Linear and LayerNorm layers: GPT-2 had them, a bit faster without
-    # AdamW
-    learning_rate=6e-4,  # peak learning rate, reached after warmup
+    # optimizer: 'adamw' for every parameter, or 'muon' for the blocks' weight matrices (see optim.py)
+    optimizer="adamw",
+    learning_rate=6e-4,  # AdamW's peak learning rate, reached after warmup
+    muon_lr=0.02,  # Muon's peak learning rate (optimizer='muon')
     max_iters=600000,  # iterations (optimizer steps) in all
-    weight_decay=0.1,
+    weight_decay=0.1,  # AdamW's, on matrices only
     beta1=0.9,
     beta2=0.95,
     grad_clip=1.0,  # clip the global gradient norm to this; 0 turns clipping off
-    # learning rate: linear warmup, then cosine decay to min_lr
+    # learning rate schedule, a multiplier on every peak: linear warmup, then cosine decay to min_lr
     decay_lr=True,  # False: constant learning_rate
     warmup_iters=2000,  # iterations
     lr_decay_iters=600000,  # iterations until min_lr; about max_iters (Chinchilla)
-    min_lr=6e-5,  # about learning_rate / 10 (Chinchilla)
+    min_lr=6e-5,  # about learning_rate / 10 (Chinchilla); Muon decays by the same factor
     # system
     device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', 'bfloat16', 'float16'
@@ -109,51 +112,13 @@ def setup(cfg):
     return SimpleNamespace(
         ddp=world > 1, world=world, rank=rank, master=rank == 0, device=device,
         device_type=device_type, dtype=dtype, autocast=autocast(device, dtype),
+        peak_flops=device_peak_flops(device, dtype),  # for MFU
         accum=cfg.gradient_accumulation_steps // world,  # micro-batches per process
         compile=cfg.compile if cfg.compile is not None else device_type == "cuda")
 
 
 # -----------------------------------------------------------------------------
 # Data
-
-
-class Split:
-    """One split of a prepared dataset (train.bin or val.bin), read in random windows of tokens."""
-
-    def __init__(self, data_dir, name, meta, block_size, device):
-        self.path = Path(data_dir) / f"{name}.bin"
-        if not self.path.is_file():
-            raise UserError(f"{self.path} is missing; run `python prepare.py {Path(data_dir).name}` again")
-        self.dtype = np.dtype(meta["dtype"])
-        n = self.path.stat().st_size // self.dtype.itemsize
-        if n <= block_size:
-            raise UserError(f"{self.path} holds {n} tokens, too few for block_size={block_size}; "
-                            f"use a smaller --block_size or more text")
-        self.high = n - block_size  # windows start at 0 .. n - block_size - 1
-        self.window = np.arange(block_size + 1)  # inputs and, shifted by one, targets
-        self.device = device
-        # chat data (prepare.py --format=chat) has a loss mask: 1 on the tokens to learn, the replies
-        self.mask = self.path.with_name(f"{name}_mask.bin") if meta.get("loss_mask") else None
-        if self.mask is not None and not self.mask.is_file():
-            raise UserError(f"{self.mask} is missing; run `python prepare.py ... --format=chat` again")
-
-    def starts(self, generator, shape):
-        """Random window starts, an int64 array of `shape`."""
-        return torch.randint(self.high, shape, generator=generator).numpy()
-
-    def batch(self, starts):
-        """Inputs x and next-token targets y, (B, T) int64 each, for windows at `starts` (B,)."""
-        # Re-opened per batch: a memmap kept open grows the process's memory as pages are touched.
-        rows = np.memmap(self.path, dtype=self.dtype, mode="r")[starts[:, None] + self.window]  # (B, T+1)
-        x = torch.from_numpy(rows[:, :-1].astype(np.int64))  # (B, T)
-        y = torch.from_numpy(rows[:, 1:].astype(np.int64))  # (B, T)
-        if self.mask is not None:  # targets the mask leaves out are ignored by the loss
-            learn = np.memmap(self.mask, dtype=np.uint8, mode="r")[starts[:, None] + self.window[1:]]
-            y[torch.from_numpy(learn == 0)] = -1  # (B, T)
-        if self.device.startswith("cuda"):  # pinned memory lets the copy overlap with compute
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
-                self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
 
 
 def load_splits(cfg, rt):
@@ -178,27 +143,11 @@ def build_model(cfg, meta):
         except ValueError as e:  # a model option out of range, e.g. --pos_emb=rotary
             raise UserError(str(e)) from None
         model = GPT(config)
-    elif cfg.init_from == "resume" or os.path.isfile(os.path.join(cfg.init_from, "ckpt.pt")):
-        path = os.path.join(cfg.out_dir if cfg.init_from == "resume" else cfg.init_from, "ckpt.pt")
-        try:
-            ckpt = load_checkpoint(path)
-        except FileNotFoundError:
-            raise UserError(f"init_from='resume' but there is no checkpoint at {path}; point --out_dir "
-                            f"at an earlier run, or start one with --init_from=scratch") from None
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        ckpt["model_args"]["dropout"] = cfg.dropout  # dropout may change; the weights do not
-        model = GPT.from_checkpoint(ckpt)
+    else:  # resume, another run's weights, or a Hugging Face model
+        hint = "; point --out_dir at an earlier run, or start one with --init_from=scratch"
+        model, _, ckpt = load_model(cfg.init_from, cfg.out_dir, hint, dropout=cfg.dropout)
         if cfg.init_from != "resume":
             ckpt = None  # another run's weights only: a fresh optimizer, schedule and data order
-    else:
-        try:
-            model = GPT.from_pretrained(cfg.init_from)
-        except (ImportError, RuntimeError, ValueError, OSError) as e:
-            raise UserError(f"init_from={cfg.init_from!r}: {e}") from None
-        if cfg.dropout != model.config.dropout:  # rebuild with dropout; same weights
-            args = {**asdict(model.config), "dropout": cfg.dropout}
-            model = GPT.from_checkpoint({"model_args": args, "model": model.state_dict()})
     model.config.grad_checkpoint = cfg.grad_checkpoint  # trades memory for compute, whatever the source
     source = "the checkpoint" if ckpt else cfg.init_from
     if model.config.vocab_size < meta["vocab_size"]:
@@ -212,16 +161,23 @@ def build_model(cfg, meta):
     return model, ckpt
 
 
-def lr_at(it, cfg):
-    """Learning rate at iteration `it`: linear warmup, cosine decay to min_lr, then flat."""
+def lr_multiplier(it, cfg):
+    """The schedule at iteration `it`, as a fraction of each optimizer's peak learning rate: linear
+    warmup, cosine decay to min_lr / learning_rate, then flat."""
     if not cfg.decay_lr:
-        return cfg.learning_rate
+        return 1.0
     if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+        return (it + 1) / (cfg.warmup_iters + 1)
+    floor = cfg.min_lr / cfg.learning_rate if cfg.learning_rate else 0.0
     if it >= cfg.lr_decay_iters:
-        return cfg.min_lr
+        return floor
     progress = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)  # 0 -> 1
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
+
+
+def lr_at(it, cfg):
+    """AdamW's learning rate at iteration `it` (what the logs show)."""
+    return cfg.learning_rate * lr_multiplier(it, cfg)
 
 
 @torch.no_grad()
@@ -259,7 +215,7 @@ def rng_states(rt):
 
 def restore(ckpt, run, rt):
     """Put the optimizer, scaler, counters and RNGs back as they were when `ckpt` was saved."""
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_states(run.optimizers, ckpt["optimizer"])
     if ckpt["scaler"] is not None and run.scaler.is_enabled():
         run.scaler.load_state_dict(ckpt["scaler"])
     run.iter_num = run.saved_iter = ckpt["iter_num"]
@@ -304,7 +260,7 @@ class Log:
 def train_step(run, starts, cfg, rt, want_loss):
     """One optimizer step over this process's micro-batches at `starts` (accum, B). Returns the
     mean loss as a device tensor if want_loss, else None: reading it would wait for the device."""
-    model, optimizer, scaler, split = run.model, run.optimizer, run.scaler, run.splits["train"]
+    model, optimizers, scaler, split = run.model, run.optimizers, run.scaler, run.splits["train"]
     loss_sum = None
     x, y = split.batch(starts[0])
     for micro in range(rt.accum):
@@ -319,11 +275,13 @@ def train_step(run, starts, cfg, rt, want_loss):
         if want_loss:
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     if cfg.grad_clip > 0:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        for opt in optimizers:
+            scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
+    for opt in optimizers:
+        scaler.step(opt)  # skipped by the scaler if fp16 gradients overflowed
+        opt.zero_grad(set_to_none=True)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
     if not want_loss:
         return None
     loss = loss_sum / rt.accum
@@ -349,7 +307,9 @@ def evaluate_and_save(run, cfg, rt):
     losses = evaluate(run.eval_model, run.splits, cfg, rt)
     it = run.iter_num
     print(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-    run.log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr_at(it, cfg)})
+    run.log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr_at(it, cfg),
+             "tokens_per_iter": run.tokens_per_iter, "time_s": time.perf_counter() - run.started})
+    write_loss_svg(cfg.out_dir)  # out_dir/loss.svg, redrawn from log.jsonl
     run.evals.append({"iter": it, **losses})
     for name, value in losses.items():
         if not math.isfinite(value):
@@ -360,7 +320,7 @@ def evaluate_and_save(run, cfg, rt):
             save_checkpoint(run.ckpt_path, {
                 "model_args": asdict(run.raw_model.config),
                 "model": run.raw_model.state_dict(),  # the plain model's keys, whatever wraps it
-                "optimizer": run.optimizer.state_dict(),
+                "optimizer": [opt.state_dict() for opt in run.optimizers],
                 "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
                 "iter_num": it,
                 "best_val_loss": run.best_val_loss,
@@ -399,7 +359,8 @@ def prepare_run(cfg, rt):
     meta, splits = load_splits(cfg, rt)
     run = SimpleNamespace(meta=meta, splits=splits, iter_num=0, best_val_loss=float("inf"), saved_iter=None,
                           losses={}, evals=[], ckpt_path=os.path.join(cfg.out_dir, "ckpt.pt"),
-                          tokens_per_iter=cfg.batch_size * cfg.block_size * rt.accum * rt.world)
+                          tokens_per_iter=cfg.batch_size * cfg.block_size * rt.accum * rt.world,
+                          started=time.perf_counter())  # for time_s in the log: wall time to quality
     if rt.master:
         print(configurator.format_config(vars(cfg), DEFAULTS, {
             "device": f"{rt.device}, {rt.dtype}, compile={rt.compile}",
@@ -416,8 +377,9 @@ def prepare_run(cfg, rt):
         return run
     if rt.ddp:
         run.model = DDP(run.eval_model, device_ids=[rt.device] if rt.device_type == "cuda" else None)
-    run.optimizer = run.raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate,
-                                                       (cfg.beta1, cfg.beta2), rt.device_type)
+    run.optimizers = configure_optimizers(
+        run.raw_model, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate, muon_lr=cfg.muon_lr,
+        weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), device_type=rt.device_type)
     run.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == "float16")
     run.batch_rng = torch.Generator().manual_seed(cfg.seed)  # the same on every process
     if ckpt is not None:
@@ -443,8 +405,7 @@ def loop(run, cfg, rt):
         if it >= cfg.max_iters:
             break
         lr = lr_at(it, cfg)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr_multiplier(run.optimizers, lr_multiplier(it, cfg))
         # every process draws the whole global batch alike, then takes its own rows of it
         starts = run.splits["train"].starts(run.batch_rng, (cfg.gradient_accumulation_steps, cfg.batch_size))
         starts = starts[rt.rank * rt.accum:(rt.rank + 1) * rt.accum]  # (accum, B)
@@ -458,9 +419,10 @@ def loop(run, cfg, rt):
             run.losses[it] = lossf
             dt = (time.perf_counter() - t_last) / iters_timed  # seconds per iteration
             if rt.master:
-                mfu = run.raw_model.estimate_mfu(cfg.batch_size * rt.accum, dt)
                 tok_s = run.tokens_per_iter / dt
+                mfu = run.raw_model.flops_per_token() * tok_s / rt.world / rt.peak_flops
                 row = {"iter": it, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s,
+                       "tokens_per_iter": run.tokens_per_iter,
                        "mfu": mfu}
                 aux = run.raw_model.last_aux_loss  # MoE's load-balancing loss (last micro-batch) or None
                 if aux is not None:  # shown apart from the loss, which includes it

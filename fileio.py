@@ -1,0 +1,94 @@
+"""Writing files so that nothing is lost.
+
+Every file sprout writes (datasets, checkpoints, exported models, pictures) goes to a temporary name
+beside its destination, is flushed and fsynced, and only then renamed over the destination; the
+folder is fsynced after the rename. A crash, Ctrl-C, SIGTERM or a full disk part-way through leaves
+the previous file (or none), never a half-written one, and a power cut after the rename cannot leave
+a renamed but empty file, because the data reached the disk before the name did.
+"""
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from configurator import UserError
+
+
+def fsync_dir(folder):
+    """Make a rename in `folder` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path):
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def disk_full_error(path, needed=None):
+    """The one line a user reads when the disk fills up while writing `path`."""
+    size = f" (about {needed / 1e6:,.0f} MB were needed)" if needed else ""
+    return UserError(f"the disk is full: could not write {path}{size}; free some space and run again "
+                     f"(nothing half-written was left behind)")
+
+
+@contextmanager
+def atomic_write(path, mode="wb"):
+    """Yield an open file on a temporary name; on success it replaces `path`, durably. On any
+    failure (an exception, Ctrl-C) the temporary file is removed and `path` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full_error(path) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path, text):
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+@contextmanager
+def staged_outputs(folder, names):
+    """Yield {name: temporary path} for files written together (a dataset's .bin files and its
+    meta.json); they are fsynced and renamed into place, in the order of `names`, only if the block
+    finishes. An interrupted run leaves the previous set (or nothing), never a .bin that looks
+    complete: so meta.json, which marks a dataset as ready, goes last."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = {n: folder / f"{n}.tmp" for n in names}
+    try:
+        yield tmp
+        for n in names:
+            fsync_file(tmp[n])
+        for n in names:
+            os.replace(tmp[n], folder / n)
+        fsync_dir(folder)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full_error(folder, sum(p.stat().st_size for p in tmp.values() if p.exists())) from None
+        raise
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        if created and folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()  # a failed first run leaves no empty folder behind

@@ -1,0 +1,28 @@
+"""Tests of bench.py: `python bench.py --quick` runs every section at tiny sizes and writes them all."""
+import json
+
+import torch
+
+from conftest import SHARED, run_script
+
+
+def test_bench_quick_runs_and_writes_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("bench.py", "--quick", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert {"device", "torch", "threads"} <= set(data["env"]), data["env"]
+    assert data["env"]["torch"] == torch.__version__
+    assert data["train"]["step"] == "train.train_step" and data["train"]["ms_per_iter"] > 0, data["train"]
+    assert 0 < data["train"]["mfu"] < 1, data["train"]
+    for run in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8"):
+        assert data["sample"][run]["tokens_per_s"] > 0, data["sample"]
+    assert data["sample"]["memory_bound_tokens_per_s"] > 0 and data["cpu"]["matmul_gflops"] > 0
+    if SHARED.is_dir():
+        for key in ("prepare_py", "datasets_map"):
+            p = data["prepare"][key]
+            assert p["tokens"] > 0 and p["tokens_per_s"] > 0 and p["peak_rss_mb"] > 0, data["prepare"]
+        ours, theirs = data["prepare"]["prepare_py"]["tokens"], data["prepare"]["datasets_map"]["tokens"]
+        assert abs(ours - theirs) < 0.01 * ours, f"the two ways tokenized {ours} and {theirs} tokens"
+    for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s"):
+        assert needle in result.stdout, result.stdout

@@ -1,0 +1,289 @@
+"""Tests of train.py (and the config files it reads), in its order: settings, setup, data, the model
+to train, the learning-rate schedule, evaluation, checkpoints and exact resume, the training loop,
+chat fine-tuning, and DDP under torchrun. Each run is a tiny model on a tiny dataset, in this process.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import hf
+import train
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import (REPO, TINY, VOCAB, assert_one_line_error, make_chat_dataset, make_dataset,
+                      needs_transformers, read_log, run_script, run_train)
+from configurator import UserError, configure, device_peak_flops
+from data import read_meta
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# Settings: the config files
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_file_sets_only_known_keys(path):
+    c = configure(train.DEFAULTS, [str(path)])
+    assert c["gradient_accumulation_steps"] >= 1 and c["batch_size"] >= 1, c
+
+
+def test_gpt2_config_is_half_a_million_tokens_over_8_gpus():
+    c = configure(train.DEFAULTS, [str(REPO / "config/train_gpt2.py")])
+    tokens = c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"]
+    assert tokens == 491520 and c["gradient_accumulation_steps"] % 8 == 0, tokens
+
+
+# -----------------------------------------------------------------------------
+# Setup
+
+
+def test_mfu_on_cpu_is_measured_against_the_cpus_own_matmul_peak(data_dir, tmp_path):
+    peak = device_peak_flops("cpu", "float32")
+    assert 1e8 < peak < 1e14, f"measured CPU peak {peak:.3g} FLOP/s is implausible"
+    rt = train.setup(SimpleNamespace(**configure(train.DEFAULTS, ["--device=cpu"])))
+    assert rt.dtype == "float32" and rt.peak_flops == peak, (rt.dtype, rt.peak_flops, peak)
+    # every logged MFU is the model's FLOPs at the logged tokens/s over that peak: a step that
+    # achieved exactly half the peak reports 0.5
+    run_train(data_dir, tmp_path / "out", "--max_iters=3")
+    flops = model_from_checkpoint(load_checkpoint(tmp_path / "out" / "ckpt.pt")).flops_per_token()
+    rows = [r for r in read_log(tmp_path / "out") if "mfu" in r]
+    assert len(rows) == 3, rows
+    for r in rows:
+        assert r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / peak, rel=1e-9), r
+
+
+def test_batch_that_does_not_divide_across_processes_is_a_user_error(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun would set it; refused before any process group
+    with pytest.raises(UserError, match="gradient_accumulation_steps=3 does not divide across 2 processes"):
+        run_train(data_dir, tmp_path / "o", "--gradient_accumulation_steps=3")
+
+
+def test_nonpositive_intervals_are_user_errors(data_dir, tmp_path):
+    with pytest.raises(UserError, match="eval_interval must be at least 1"):
+        run_train(data_dir, tmp_path / "o", "--eval_interval=0")
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+
+def test_missing_dataset_says_which_prepare_command_to_run(tmp_path):
+    proc = run_script("train.py", *TINY, "--dataset=no_such_set", f"--out_dir={tmp_path}/o")
+    assert_one_line_error(proc, "data/no_such_set", "python prepare.py no_such_set")
+
+
+def test_missing_split_and_too_short_data_are_user_errors(data_dir, tmp_path):
+    with pytest.raises(UserError, match="too few for block_size=5000"):
+        run_train(data_dir, tmp_path / "o", "--block_size=5000")
+    os.remove(data_dir / "val.bin")
+    with pytest.raises(UserError, match="val.bin is missing; run `python prepare.py tiny"):
+        run_train(data_dir, tmp_path / "o")
+
+
+# -----------------------------------------------------------------------------
+# The model to train
+
+
+def test_train_py_explains_an_unknown_variant_in_one_line(tmp_path):
+    make_dataset(tmp_path / "data")
+    proc = run_script("train.py", "--device=cpu", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'out'}",
+                      "--pos_emb=rotary")
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and "Traceback" not in err, proc.stderr
+    assert err == "error: pos_emb must be one of ('learned', 'rope'), not 'rotary'", err
+
+
+def test_resume_without_checkpoint_is_one_line_error(data_dir, tmp_path):
+    proc = run_script("train.py", *TINY, f"--data_dir={data_dir}", f"--out_dir={tmp_path}/none", "--init_from=resume")
+    assert_one_line_error(proc, f"no checkpoint at {tmp_path}/none/ckpt.pt", "--init_from=scratch")
+
+
+def test_checkpoint_that_does_not_fit_the_data_is_a_user_error(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "out", "--max_iters=10")
+    with pytest.raises(UserError, match="block_size=32 is longer than the 16 tokens"):
+        run_train(data_dir, tmp_path / "out", "--init_from=resume", "--block_size=32")
+    make_dataset(tmp_path / "wide", text="".join(chr(65 + i % 40) for i in range(5000)))
+    with pytest.raises(UserError, match="vocabulary of 16 tokens but the dataset 'wide' uses 40"):
+        run_train(tmp_path / "wide", tmp_path / "out", "--init_from=resume")
+
+
+@needs_transformers
+def test_init_from_a_local_hugging_face_dir_crops_and_fine_tunes(data_dir, tmp_path):
+    torch.manual_seed(0)
+    hf_model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32))
+    hf.save_pretrained(hf_model, tmp_path / "hf")
+    s = run_train(data_dir, tmp_path / "out", f"--init_from={tmp_path / 'hf'}", "--dropout=0.1",
+                  "--max_iters=10")
+    ckpt = torch.load(tmp_path / "out/ckpt.pt", weights_only=True)
+    args = ckpt["model_args"]
+    assert args["block_size"] == 16 and args["vocab_size"] == 64, args
+    assert args["dropout"] == 0.1 and args["bias"] is True, args
+    assert s["evals"][-1]["val"] < s["evals"][0]["val"], s["evals"]
+
+
+# -----------------------------------------------------------------------------
+# The learning-rate schedule
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    c = SimpleNamespace(**configure(train.DEFAULTS, ["--learning_rate=1.0", "--min_lr=0.1",
+                                                     "--warmup_iters=10", "--lr_decay_iters=110"]))
+    lrs = [train.lr_at(it, c) for it in range(130)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11), lrs[:10]
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])), "warmup must rise"
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55), (lrs[10], lrs[60])
+    assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111])), "decay must not rise"
+    assert lrs[110] == lrs[129] == 0.1, (lrs[110], lrs[129])
+    c.decay_lr = False
+    assert train.lr_at(5, c) == train.lr_at(500, c) == 1.0
+
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+
+def test_eval_only_prints_val_loss_and_perplexity(data_dir, tmp_path, capsys):
+    s = run_train(data_dir, tmp_path / "o", "--eval_only=True", "--eval_iters=8")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    loss, ppl = float(line.split()[2].rstrip(",")), float(line.split()[4])
+    assert line.startswith("val loss ") and ppl == pytest.approx(math.exp(loss), rel=1e-3), line
+    assert loss == pytest.approx(math.log(VOCAB), abs=0.3), f"untrained, it should score ~ln(vocab): {line}"
+    assert s == {"val_loss": pytest.approx(loss, abs=1e-4)}, s
+    assert not (tmp_path / "o/ckpt.pt").exists() and not (tmp_path / "o/log.jsonl").exists()
+
+
+def test_eval_only_needs_no_train_split(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "out", "--max_iters=10")
+    os.remove(data_dir / "train.bin")
+    s = run_train(data_dir, tmp_path / "out", "--init_from=resume", "--eval_only=True")
+    assert s["val_loss"] < math.log(VOCAB) - 0.5, s
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints and exact resume
+
+
+def test_checkpoint_holds_plain_values_and_unprefixed_weights(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "out", "--max_iters=10")
+    ckpt = torch.load(tmp_path / "out/ckpt.pt", weights_only=True)  # plain values and tensors only
+    assert {"model_args", "model", "optimizer", "scaler", "iter_num", "best_val_loss", "config",
+            "meta", "rng"} <= set(ckpt), sorted(ckpt)
+    assert ckpt["iter_num"] == 10 and ckpt["scaler"] is None and ckpt["meta"]["vocab_size"] == VOCAB
+    assert ckpt["model_args"]["n_layer"] == 2 and ckpt["model_args"]["vocab_size"] == VOCAB
+    assert not [k for k in ckpt["model"] if k.startswith(("_orig_mod.", "module."))]
+    assert ckpt["config"]["max_iters"] == 10 and math.isfinite(ckpt["best_val_loss"])
+    assert set(ckpt["rng"]) == {"batches", "dropout"} and len(ckpt["rng"]["dropout"]) == 1
+    assert isinstance(ckpt["optimizer"], list) and len(ckpt["optimizer"]) == 1, "one state per optimizer"
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(data_dir, tmp_path):
+    """Same batches, same dropout masks, same optimizer state: bit-identical losses after resuming."""
+    flags = ["--dropout=0.1", "--max_iters=12", "--eval_interval=6", "--gradient_accumulation_steps=2"]
+    whole = run_train(data_dir, tmp_path / "a", *flags)
+    run_train(data_dir, tmp_path / "b", *flags, "--max_iters=6")
+    resumed = run_train(data_dir, tmp_path / "b", *flags, "--init_from=resume")
+    expected = {it: whole["losses"][it] for it in range(6, 12)}
+    assert resumed["losses"] == expected, f"resumed {resumed['losses']}\nuninterrupted {expected}"
+    assert resumed["evals"][-1] == whole["evals"][-1], (resumed["evals"], whole["evals"])
+    assert resumed["iter_num"] == 12
+
+
+def test_all_variants_at_once_resume_exactly_and_log_the_aux_loss(data_dir, tmp_path):
+    flags = ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--eval_interval=4",
+             "--lr_decay_iters=8", "--dropout=0.1", "--max_iters=8", "--pos_emb=rope", "--mlp=swiglu",
+             "--norm=rmsnorm", "--n_expert=4", "--n_expert_active=2", "--grad_checkpoint=True"]
+    whole = run_train(data_dir, tmp_path / "a", *flags)
+    run_train(data_dir, tmp_path / "b", *flags, "--max_iters=4")
+    ckpt = load_checkpoint(tmp_path / "b" / "ckpt.pt")
+    assert {k: ckpt["model_args"][k] for k in ("pos_emb", "mlp", "norm", "n_expert")} == \
+        dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", n_expert=4), ckpt["model_args"]
+    resumed = run_train(data_dir, tmp_path / "b", *flags, "--init_from=resume")
+    expected = {it: whole["losses"][it] for it in range(4, 8)}
+    assert resumed["losses"] == expected, f"resumed {resumed['losses']}\nuninterrupted {expected}"
+    aux = [r["aux_loss"] for r in read_log(tmp_path / "a") if "loss" in r]
+    assert len(aux) == 8 and all(1.0 <= a < 2.0 for a in aux), f"aux losses logged: {aux}"
+
+
+def test_without_always_save_only_improvements_are_saved(data_dir, tmp_path, monkeypatch):
+    val = iter([3.0, 2.0, 2.5, 1.5, 1.8])  # at iters 0, 10, 20, 30, 40
+
+    def fake_evaluate(model, splits, cfg, rt):
+        return {"train": 1.0, "val": next(val)}
+    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+    saved = []
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, ckpt: saved.append(ckpt["iter_num"]))
+    s = run_train(data_dir, tmp_path / "out", "--max_iters=40", "--always_save_checkpoint=False")
+    assert saved == [10, 30] and s["best_val_loss"] == 1.5, (saved, s["best_val_loss"])
+
+
+# -----------------------------------------------------------------------------
+# The training loop
+
+
+def test_loss_falls_over_30_iterations(data_dir, tmp_path):
+    s = run_train(data_dir, tmp_path / "out")
+    first, last = s["losses"][0], np.mean([s["losses"][i] for i in range(25, 30)])
+    assert first == pytest.approx(math.log(VOCAB), abs=0.3), f"initial loss {first} should be ~ln(vocab)"
+    assert last < first - 1.0, f"loss {first:.3f} -> {last:.3f} over 30 iterations"
+    assert s["evals"][-1]["val"] < s["evals"][0]["val"] - 1.0, s["evals"]
+    rows = read_log(tmp_path / "out")
+    assert [r["iter"] for r in rows if "loss" in r] == list(range(30))
+    assert [r["iter"] for r in rows if "val_loss" in r] == [0, 10, 20, 30]
+    assert all(r["tokens_per_s"] > 0 and 0 <= r["mfu"] for r in rows if "loss" in r)
+
+
+def test_nan_loss_stops_and_leaves_the_last_checkpoint_intact(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "out", "--max_iters=10")
+    path = tmp_path / "out/ckpt.pt"
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(UserError) as e:
+        run_train(data_dir, tmp_path / "out", "--init_from=resume", "--max_iters=30",
+                  "--learning_rate=1e30", "--decay_lr=False")
+    msg = str(e.value)
+    assert "diverged" in msg and "nan" in msg.lower() and f"{path} still holds iter 10" in msg, msg
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before, "the checkpoint was overwritten"
+
+
+def test_fine_tuning_on_a_tiny_chat_set_lowers_the_assistant_token_loss(tmp_path):
+    chat_dir = make_chat_dataset(tmp_path)
+    # a base model, trained on every token of the same text (a copy without the mask) ...
+    meta = read_meta(chat_dir)
+    shutil.copytree(chat_dir, tmp_path / "text")
+    del meta["loss_mask"]
+    (tmp_path / "text" / "meta.json").write_text(json.dumps(meta))
+    tiny = dict(train.DEFAULTS, device="cpu", compile=False, n_layer=2, n_head=2, n_embd=32, block_size=32,
+                batch_size=16, gradient_accumulation_steps=1, eval_iters=4, log_interval=10,
+                learning_rate=1e-2, warmup_iters=5, min_lr=1e-3)
+    train.train(dict(tiny, out_dir=str(tmp_path / "base"), data_dir=str(tmp_path / "text"), max_iters=10,
+                     eval_interval=10, lr_decay_iters=10))
+    # ... then fine-tuned from its out_dir on the replies only: their val loss is what evals report
+    evals = train.train(dict(tiny, out_dir=str(tmp_path / "chat-out"), data_dir=str(chat_dir),
+                             init_from=str(tmp_path / "base"), max_iters=20, eval_interval=20,
+                             lr_decay_iters=20))["evals"]
+    before, after = evals[0]["val"], evals[-1]["val"]
+    assert evals[0]["iter"] == 0, evals
+    assert after < 0.6 * before, f"assistant-token val loss {before:.3f} -> {after:.3f}"
+
+
+# -----------------------------------------------------------------------------
+# Under torchrun
+
+
+def test_torchrun_two_processes_match_one_process(data_dir, tmp_path):
+    """DDP on gloo splits the global batch across 2 processes: the losses are those of 1 process."""
+    flags = [*TINY, f"--data_dir={data_dir}", "--max_iters=8", "--eval_interval=100",
+             "--gradient_accumulation_steps=4", "--batch_size=4"]
+    one = run_train(data_dir, tmp_path / "one", *flags[len(TINY):])
+    proc = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags,
+                      f"--out_dir={tmp_path}/two")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = {r["iter"]: r["loss"] for r in read_log(tmp_path / "two") if "loss" in r}
+    assert sorted(two) == list(range(8)), two
+    diffs = [abs(one["losses"][it] - two[it]) for it in range(8)]
+    assert max(diffs) < 1e-5, f"1 process {one['losses']}\n2 processes {two}"
+    assert "processes 2" in proc.stdout and proc.stdout.count("model:") == 1, "rank 0 alone should print"
