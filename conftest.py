@@ -1,5 +1,5 @@
 """What every test file shares: paths, skip markers, tiny models, datasets and checkpoints, the one
-reference decode, and the helpers that run the project's scripts. `python -m pytest -q` runs them all
+reference decode (with the context window generation follows), and the helpers that run the project's scripts. `python -m pytest -q` runs them all
 on a CPU in about a minute; each test_<file>.py proves the claims of <file>.py.
 
 Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with a reason when they
@@ -102,12 +102,24 @@ def tiny_variant(variant=None, seed=0, **overrides):
     return tiny_model(seed, **{**VARIANTS.get(variant, {}), **overrides})
 
 
+def window_starts(prompt_len, n, block_size):
+    """Where the context window of each of n decoding steps starts, as GPT.generate_stream's
+    contract says: at the prompt's last block_size tokens, then, whenever a full window would have
+    to grow, at the sequence's last block_size // 2 tokens. Step i predicts from tokens start..T+i."""
+    start = max(0, prompt_len - block_size)
+    for length in range(prompt_len, prompt_len + n):
+        if length - start > block_size:
+            start = length - max(1, block_size // 2)
+        yield start
+
+
 @torch.no_grad()
 def greedy_without_cache(model, idx, n):
-    """The reference decode, (B, T) -> (B, T + n): a full forward over the (cropped) context for every
-    new token, no KV cache, the most likely token each time."""
-    for _ in range(n):
-        logits, _ = model(idx[:, -model.config.block_size:])  # (B, 1, V)
+    """The reference decode, (B, T) -> (B, T + n): for every new token a full forward over its
+    context window (window_starts), no KV cache, the most likely token each time. Within block_size
+    tokens the window is the whole sequence."""
+    for start in window_starts(idx.size(1), n, model.config.block_size):
+        logits, _ = model(idx[:, start:])  # (B, 1, V)
         idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
     return idx
 

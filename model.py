@@ -70,7 +70,7 @@ class KVCache:
     def update(self, layer, k, v):
         """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values so far."""
         B, nh, T, hs = k.shape
-        assert self.pos + T <= self.max_len, "KV cache overflow: the caller must slide the window"
+        assert self.pos + T <= self.max_len, "KV cache overflow: the caller must restart the window"
         if self.buffers[layer] is None:
             self.buffers[layer] = k.new_empty(2, B, nh, self.max_len, hs)
         buf = self.buffers[layer]
@@ -392,24 +392,36 @@ class GPT(nn.Module):
         """Yield the next token of every row, (B,), one step at a time, using the KV cache. Call
         model.eval() first (engine.ready_for_decoding does, and lays a CPU model out for speed). A
         row that has produced eos_token keeps yielding it; the stream ends once every row has.
-        Randomness comes from torch's global RNG (seed it to reproduce)."""
+        Randomness comes from torch's global RNG (seed it to reproduce).
+
+        The context window. Each token is predicted from the tokens since the window's start: at
+        first the prompt's last block_size tokens. When the window is full and another token is
+        wanted, it restarts at the sequence's last block_size // 2 tokens, which are run through the
+        model afresh (one prefill into the emptied cache), and grows again one token at a time. So
+        every prediction sees at least half a block of context, and within the first block_size
+        tokens it sees them all: there this is exactly the full-context decode. A long generation
+        costs one prefill of block_size // 2 tokens per about block_size // 2 new ones. (Sliding the
+        window by one token would cost a prefill of the whole window for every token: each cached
+        key was computed with the dropped tokens in its context, and at its old position.)"""
         block = self.config.block_size
+        keep = max(1, block // 2)  # tokens a full window restarts from
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
-        cache = None
-        for _ in range(max_new_tokens):
-            if cache is None or cache.pos == block:
-                # first step, or the cache is full: slide the window and prefill the last block tokens
-                # afresh, since every cached key was computed with the dropped tokens in its context
-                cache = KVCache(self.config.n_layer, block)
-                x = self.hidden_states(idx[:, -block:], cache)[:, -1]  # (B, C)
-            else:
+        cache = KVCache(self.config.n_layer, block)
+        idx = idx[:, -block:]  # (B, T): the most recent tokens, all that a window can hold
+        for step in range(max_new_tokens):
+            if step == 0:  # the first window: the prompt
+                x = self.hidden_states(idx, cache)[:, -1]  # (B, C)
+            elif cache.pos == block:  # full: restart the window, reusing the cache's buffers
+                cache.pos = 0
+                x = self.hidden_states(idx[:, -keep:], cache)[:, -1]  # (B, C)
+            else:  # one new token against the cached ones
                 x = self.hidden_states(idx[:, -1:], cache)[:, -1]  # (B, C)
             logits = self.lm_head(x)  # (B, V)
             next_token = sample_logits(logits, temperature, top_k, top_p)  # (B,)
             if eos_token is not None:
                 next_token = next_token.masked_fill(done, eos_token)
                 done |= next_token == eos_token
-            idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
+            idx = torch.cat([idx, next_token[:, None]], dim=1)[:, -block:]  # (B, <= block)
             yield next_token
             if eos_token is not None and done.all():
                 return

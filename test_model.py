@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model as M
-from conftest import VARIANTS, greedy_without_cache, needs_cuda, tiny_model, tiny_variant
+from conftest import VARIANTS, greedy_without_cache, needs_cuda, tiny_model, tiny_variant, window_starts
 from model import GPT, GPTConfig, KVCache
 from optim import configure_optimizers
 
@@ -478,11 +478,28 @@ def test_kv_cache_decoding_matches_full_forward_at_every_step_beyond_block_size(
     prompt = torch.randint(0, 64, (2, 5))
     out = model.generate(prompt, max_new_tokens=40)  # 45 tokens: well past block_size 16
     assert out.shape == (2, 45) and len(seen) == 40
-    for step, cached in enumerate(seen):
-        context = out[:, : 5 + step][:, -16:]  # what a cache-free model sees: the last block
-        full, _ = model(context)
+    for step, (cached, start) in enumerate(zip(seen, window_starts(5, 40, 16))):
+        full, _ = model(out[:, start:5 + step])  # what the contract's window holds, without a cache
         err = (cached - full[:, -1]).abs().max().item()
         assert err < 1e-4, f"step {step}: cached logits differ from the full forward by {err}"
+
+
+def test_window_sees_everything_within_block_size_then_restarts_at_its_last_half(monkeypatch):
+    model = tiny_model()  # block_size 16
+    prompt = torch.randint(0, 64, (1, 3))
+    with torch.no_grad():  # within the block: the plain decode over the whole sequence, no window
+        plain = prompt
+        for _ in range(13):
+            plain = torch.cat([plain, model(plain)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    prefills = []  # the lengths of the runs through the model, one token for a cached step
+    real = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: prefills.append(idx.size(1))
+                        or real(idx, cache))
+    out = model.generate(prompt, 13 + 24, temperature=0)
+    assert torch.equal(out[:, :16], plain), "within block_size, cached decoding must be the full decode"
+    # the 3-token prompt, cached steps up to 16 tokens; then the last 8 afresh, and 8 cached steps
+    assert prefills == [3] + [1] * 13 + ([8] + [1] * 8) * 2 + [8] + [1] * 4, prefills
+    assert list(window_starts(3, 37, 16)) == [0] * 14 + [9] * 9 + [18] * 9 + [27] * 5
 
 
 def test_kv_cache_prefill_then_single_steps_equals_one_forward():
@@ -523,9 +540,17 @@ def test_greedy_generation_is_the_same_with_and_without_the_cache():
 def test_greedy_generation_past_block_size_is_the_same_with_and_without_the_cache(variant):
     model = tiny_variant(variant)
     prompt = torch.randint(0, 64, (2, 5))
-    cached = model.generate(prompt, 30, temperature=0)  # slides the window twice past block_size 16
+    cached = model.generate(prompt, 30, temperature=0)  # restarts the window 3 times past block_size 16
     slow = greedy_without_cache(model, prompt, 30)
     assert torch.equal(cached, slow), f"{variant}:\ncached {cached.tolist()}\nno cache {slow.tolist()}"
+
+
+@pytest.mark.parametrize("block_size,prompt_len", [(1, 1), (5, 7), (16, 16), (16, 40)])
+def test_any_block_size_and_prompt_length_decode_like_the_reference(block_size, prompt_len):
+    model = tiny_model(block_size=block_size)  # prompts longer than the block keep its last tokens
+    prompt = torch.randint(0, 64, (2, prompt_len))
+    cached = model.generate(prompt, 20, temperature=0)
+    assert torch.equal(cached, greedy_without_cache(model, prompt, 20)), cached.tolist()
 
 
 def test_fixed_seed_reproduces_samples_and_other_seeds_differ():

@@ -127,7 +127,7 @@ def test_same_seed_gives_identical_output_and_another_seed_differs(char_run, run
 
 def test_greedy_output_equals_no_cache_greedy_decode_past_the_context(char_run, run_sample):
     out_dir, model = char_run
-    # 40 new tokens after a 5-token prompt run well past block_size 16: the window slides
+    # 40 new tokens after a 5-token prompt run well past block_size 16: the window restarts
     result = run_sample(f"--out_dir={out_dir}", "--start=hello", "--max_new_tokens=40", "--temperature=0")
     assert_ok(result)
     expected = "hello" + greedy_text(model, load_tokenizer(CHAR_META), "hello", 40) + "\n"
