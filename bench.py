@@ -41,10 +41,14 @@ import torch
 import configurator
 from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
 from model import GPT, GPTConfig, sample_logits
+from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
 SHARED_DATA = SHARED / "data"
+# tiktoken finds GPT-2's BPE files offline in ../shared/tiktoken, unless the environment names a cache
+if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
 SECTIONS = ("cpu", "train", "sample", "prepare")  # run in this order: cpu's bandwidth bounds sampling
 
 BENCH_DEFAULTS = dict(
@@ -255,6 +259,10 @@ def bench_prepare(cfg):
     """prepare.py against the usual datasets.map recipe, each as a subprocess, on the same corpus."""
     if not SHARED_DATA.is_dir():
         return {"skipped": f"no sample corpora at {SHARED_DATA}"}
+    try:  # both ways tokenize with GPT-2's BPE
+        load_tokenizer({"tokenizer": "gpt2"})
+    except UserError as e:
+        return {"skipped": str(e)}
     with tempfile.TemporaryDirectory() as tmp:
         corpus = build_corpus(Path(tmp, "corpus.txt"), int(cfg.corpus_mb * 1e6))
         out_dir = Path(tmp, "data")
@@ -311,8 +319,6 @@ def measure_process(command, env=None):
     """Run a command in the repo; its wall time and peak memory, polled from /proc: the largest
     single process's RSS, and the whole tree's PSS (shared pages counted once) for worker pools."""
     env = {**os.environ, **(env or {})}
-    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():
-        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
     proc = subprocess.Popen(command, cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peaks = {"rss": 0, "pss": 0}

@@ -2,15 +2,18 @@
 reference decode (with the context window generation follows), and the helpers that run the project's scripts. `python -m pytest -q` runs them all
 on a CPU in about a minute; each test_<file>.py proves the claims of <file>.py.
 
-Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with a reason when they
-are absent (a user's clone has no ../shared); tests that need transformers, selenium or CUDA skip
-when those are missing.
+Only tests of GPT-2's own tokenizer need GPT-2's BPE files; the rest build a tokenizer of their own.
+Tests that need those files or the sample corpora in ../shared skip with a reason when they are
+absent (a user's clone has no ../shared); tests that need transformers, selenium or CUDA skip when
+those are missing. SPROUT_NO_SHARED=1 hides ../shared, so that the suite runs as in a newcomer's
+clone (CI runs it so once, and test_layout.py's newcomer test runs the files that touch tokenizers).
 """
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +23,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent
 SHARED = REPO.parent / "shared"  # beside a development checkout only: sample corpora, GPT-2's BPE files
+if os.environ.get("SPROUT_NO_SHARED") == "1":
+    SHARED = REPO.parent / "shared (hidden: SPROUT_NO_SHARED=1)"  # a path that does not exist
 # tiktoken finds GPT-2's BPE files offline in ../shared/tiktoken, unless the environment names a cache
 if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
@@ -38,15 +43,17 @@ torch.set_num_threads(1)
 
 
 def _gpt2_files_cached():
-    """Whether tiktoken's cache holds files (it looks where tiktoken itself looks)."""
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-    return bool(cache) and any(Path(cache).glob("*"))
+    """Whether tiktoken's cache holds files, looking where tiktoken itself looks."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(
+        "DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+    return bool(cache) and any(Path(cache).glob("*"))  # '' turns tiktoken's cache off
 
 
 needs_shared = pytest.mark.skipif(not (SHARED / "data").is_dir(),
                                   reason="../shared/data is absent (it sits beside a development checkout)")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-needs_gpt2_files = pytest.mark.skipif(not _gpt2_files_cached(),
+GPT2_FILES = _gpt2_files_cached()
+needs_gpt2_files = pytest.mark.skipif(not GPT2_FILES,
                                       reason="GPT-2 BPE files not found (set TIKTOKEN_CACHE_DIR)")
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="transformers is not installed (pip install transformers)")
@@ -143,6 +150,18 @@ ASCII_META = {"tokenizer": "char", "chars": ASCII, "vocab_size": len(ASCII) + 1,
 
 def char_tokenizer():
     return CharTokenizer(ASCII, eot_token=len(ASCII))
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte, decoded as a byte-level BPE decodes: a character whose bytes are
+    not all in comes out as U+FFFD. The smallest tokenizer whose tokens split characters."""
+    name, vocab_size, eot_token = "bytes", 256, None
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def write_checkpoint(out_dir, meta=CHAR_META, model=None, seed=0, **config):

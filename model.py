@@ -41,10 +41,26 @@ class GPTConfig:
     grad_checkpoint: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
     def __post_init__(self):
+        """Refuse a shape or option that cannot work, with a ValueError saying why in a sentence
+        (the scripts print it as their one-line error)."""
+        for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
+        if self.n_embd % self.n_head:  # suggest the nearest head count that divides, and a width
+            heads = min((h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0),
+                        key=lambda h: abs(h - self.n_head))
+            raise ValueError(f"n_embd={self.n_embd} does not split into n_head={self.n_head} equal heads; "
+                             f"use n_head={heads} or n_embd={-(-self.n_embd // self.n_head) * self.n_head}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout is the probability of zeroing an activation: from 0 to below 1, "
+                             f"not {self.dropout}")
         choices = dict(pos_emb=("learned", "rope"), mlp=("gelu", "swiglu"), norm=("layernorm", "rmsnorm"))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
+        if self.n_expert < 0:
+            raise ValueError(f"n_expert must be 0 (one dense MLP) or more, not {self.n_expert}")
         if self.n_expert and not 1 <= self.n_expert_active <= self.n_expert:
             raise ValueError(f"n_expert_active must be 1..n_expert={self.n_expert}, "
                              f"not {self.n_expert_active}")
@@ -271,9 +287,15 @@ def filter_logits(logits, top_k=None, top_p=None):
     return logits
 
 
+GREEDY_BELOW = 1e-4  # temperatures under this pick the likeliest token (see sample_logits)
+
+
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick the next token from logits (B, V): greedy at temperature 0, else sample."""
-    if temperature == 0:
+    """Pick the next token from logits (B, V): greedy at temperature 0, else sample. Temperatures
+    below GREEDY_BELOW count as 0: dividing by them could overflow float32 logits to inf (and the
+    probabilities to NaN), and the draw is all but greedy there anyway, since a token trailing the
+    best by even 0.01 in logit is exp(-100) times as likely."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)  # (B,)
     ids = None
     if top_k is not None and top_k < logits.size(-1):

@@ -91,7 +91,7 @@ def test_rope_keeps_the_length_of_every_query():
 
 
 def test_rmsnorm_scales_each_vector_to_unit_root_mean_square():
-    norm = M.make_norm(GPTConfig(n_embd=32, norm="rmsnorm"))
+    norm = M.make_norm(GPTConfig(n_embd=32, n_head=2, norm="rmsnorm"))
     x = torch.randn(4, 5, 32) * 3 + 1
     rms = norm(x).pow(2).mean(dim=-1).sqrt()
     assert max_diff(rms, torch.ones_like(rms)) < 1e-3 and not hasattr(norm, "bias")
@@ -99,12 +99,12 @@ def test_rmsnorm_scales_each_vector_to_unit_root_mean_square():
 
 @pytest.mark.parametrize("n_embd,hidden", [(384, 1024), (512, 1408), (768, 2048), (32, 128)])
 def test_swiglu_hidden_width_is_8_thirds_rounded_up_to_64(n_embd, hidden):
-    mlp = M.SwiGLU(GPTConfig(n_embd=n_embd))
+    mlp = M.SwiGLU(GPTConfig(n_embd=n_embd, n_head=1))
     assert mlp.c_proj.in_features == hidden and mlp.c_fc.out_features == 2 * hidden, mlp
 
 
 def test_swiglu_computes_silu_gate_times_up_projection():
-    mlp = M.SwiGLU(GPTConfig(n_embd=32, bias=False))
+    mlp = M.SwiGLU(GPTConfig(n_embd=32, n_head=2, bias=False))
     x = torch.randn(2, 3, 32)
     gate_w, up_w = mlp.c_fc.weight.chunk(2, dim=0)
     expected = (torch.nn.functional.silu(x @ gate_w.T) * (x @ up_w.T)) @ mlp.c_proj.weight.T
@@ -136,7 +136,7 @@ def record_expert_inputs(moe):
 
 @pytest.mark.parametrize("skewed", [False, True])
 def test_router_sends_every_token_to_exactly_k_experts_without_dropping_any(skewed):
-    moe = M.MoE(GPTConfig(n_embd=32, n_expert=4, n_expert_active=2))
+    moe = M.MoE(GPTConfig(n_embd=32, n_head=2, n_expert=4, n_expert_active=2))
     x = torch.randn(3, 50, 32)
     if skewed:  # every token prefers expert 0: a capacity limit would have to drop tokens here
         x += 3.0
@@ -158,7 +158,7 @@ def test_router_sends_every_token_to_exactly_k_experts_without_dropping_any(skew
 
 
 def test_moe_output_mixes_the_chosen_experts_with_renormalised_weights():
-    moe = M.MoE(GPTConfig(n_embd=32, n_expert=4, n_expert_active=2))
+    moe = M.MoE(GPTConfig(n_embd=32, n_head=2, n_expert=4, n_expert_active=2))
     x = torch.randn(1, 6, 32)
     tokens = x.view(6, 32)
     probs = moe.router(tokens).softmax(dim=-1)  # (6, E)

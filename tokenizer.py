@@ -5,9 +5,12 @@
     load_tokenizer  the tokenizer a dataset's meta.json (or a checkpoint's copy of it) names
 
 Every tokenizer has .name, .vocab_size, .eot_token (None if it has no end-of-text id), .encode(text),
-.encode_batch(texts) and .decode(ids). encode() never parses special tokens: the string
-"<|endoftext|>" inside a text stays text; documents are separated by the eot_token id itself.
+.encode_batch(texts), .decode(ids) and .safe_cut(text, start, end) (where a long text may be cut to be
+encoded in pieces). encode() never parses special tokens: the string "<|endoftext|>" inside a text
+stays text; documents are separated by the eot_token id itself.
 """
+import functools
+
 from configurator import UserError
 
 EOT_TEXT = "<|endoftext|>"
@@ -37,6 +40,24 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self._enc.decode(ids)
 
+    def safe_cut(self, text, start, end):
+        """See CharTokenizer.safe_cut. GPT-2's pre-tokenizer splits text into pieces that BPE encodes
+        one by one: ' ?' + letters, ' ?' + digits, ' ?' + other symbols, contractions ('s, 't, ...)
+        and runs of whitespace. A cut is safe where a piece of the whole text ends and the two sides
+        split the same way alone: before a space between two non-spaces (the space starts the next
+        piece, and no piece ends in a space followed by a non-space), and between a letter or digit
+        and a following symbol (no piece holds both)."""
+        match = _gpt2_cuts().search(text, start + 1, end)  # the last one; lookahead stops at end
+        return match.start() if match else start
+
+
+@functools.cache
+def _gpt2_cuts():
+    """GPT2Tokenizer.safe_cut's two kinds of cut, searched from the end (regex, which tiktoken
+    depends on, knows Unicode's letters, \\p{L}, and digits, \\p{N})."""
+    import regex
+    return regex.compile(r"(?r)(?<=\S) (?=\S)|(?<=[\p{L}\p{N}])(?=[^\s\p{L}\p{N}])")
+
 
 class CharTokenizer:
     """One id per character of the data's vocabulary, plus an end-of-text id when documents need one."""
@@ -60,6 +81,13 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in ids)
+
+    def safe_cut(self, text, start, end):
+        """The last position i, start < i <= end, where text can be cut without changing its ids,
+        encode(text[:i]) + encode(text[i:]) == encode(text), whatever text holds past end; start if
+        there is none. prepare.py tokenizes long documents in pieces cut there. Characters are
+        encoded one by one: any cut is safe."""
+        return end
 
 
 def load_tokenizer(meta):
