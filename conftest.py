@@ -2,11 +2,12 @@
 reference decode (with the context window generation follows), and the helpers that run the project's scripts. `python -m pytest -q` runs them all
 on a CPU in about a minute; each test_<file>.py proves the claims of <file>.py.
 
-Only tests of GPT-2's own tokenizer need GPT-2's BPE files; the rest build a tokenizer of their own.
-Tests that need those files or the sample corpora in ../shared skip with a reason when they are
-absent (a user's clone has no ../shared); tests that need transformers, selenium or CUDA skip when
-those are missing. SPROUT_NO_SHARED=1 hides ../shared, so that the suite runs as in a newcomer's
-clone (CI runs it so once, and test_layout.py's newcomer test runs the files that touch tokenizers).
+Only tests of GPT-2's own tokenizer need GPT-2's BPE files (needs_gpt2_files); the rest build a
+tokenizer of their own, and for them the files are made unreachable, as on a newcomer's offline
+machine, so that a test which needs them without saying so fails here too. Tests that need those
+files or the sample corpora in ../shared skip with a reason when they are absent (a user's clone has
+no ../shared); tests that need transformers, selenium or CUDA skip when those are missing.
+SPROUT_NO_SHARED=1 hides ../shared, to run the suite as a newcomer's clone does (CI does so once).
 """
 import importlib.util
 import json
@@ -55,8 +56,34 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 GPT2_FILES = _gpt2_files_cached()
 needs_gpt2_files = pytest.mark.skipif(not GPT2_FILES,
                                       reason="GPT-2 BPE files not found (set TIKTOKEN_CACHE_DIR)")
+may_use_gpt2_files = pytest.mark.gpt2_files  # a test that reads them when they are there, e.g. bench's
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="transformers is not installed (pip install transformers)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpt2_files: the test may read GPT-2's BPE files when present")
+
+
+@pytest.fixture(scope="session")
+def _no_gpt2_files(tmp_path_factory):
+    return tmp_path_factory.mktemp("empty_tiktoken_cache")
+
+
+@pytest.fixture(autouse=True)
+def _gpt2_files_only_where_declared(request, monkeypatch, _no_gpt2_files):
+    """Every test not marked needs_gpt2_files (or may_use_gpt2_files) runs as if offline without
+    GPT-2's BPE files: tiktoken finds nothing, in this process and in the scripts it runs."""
+    node = request.node
+    if node.get_closest_marker("gpt2_files") or needs_gpt2_files.mark in node.iter_markers("skipif"):
+        return
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError(f"{name}: GPT-2's BPE files are unreachable for tests not marked needs_gpt2_files")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(_no_gpt2_files))
 
 
 # -----------------------------------------------------------------------------
