@@ -11,13 +11,16 @@ Sections:
            shakespeare_char recipe (block 64, batch 12, 4 layers, 4 heads, 128 wide, vocab 65).
   sample   decoding tokens/s of a 6-layer, 384-wide GPT-2-vocabulary model for 500 new tokens,
            with the KV cache (GPT.generate_stream, what sample.py runs) and without it (a full
-           forward over the context for every token), batch 1 and 8, same weights and seed.
+           forward over the context for every token), batch 1 and 8, same weights and seed; with a
+           256-token context, so that the tokens run past it; and Hugging Face's cached generate on
+           the same weights (when transformers is installed). Ratios first, against DECODING_TARGETS.
   prepare  tokens/s and peak memory of `prepare.py --input=...` on a ~10 MB corpus built from
            ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
+import copy
 import inspect
 import itertools
 import json
@@ -71,6 +74,10 @@ SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_em
 # pools can take many times longer to start than the tiny work they do
 QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1)
 QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
+# Decoding targets, as ratios measured in one run (absolute speeds drift with the machine): cached
+# batch 1 against Hugging Face's cached generate and against the memory-bound limit, and new tokens
+# past the context window (a quarter of SAMPLE_MODEL's) against new tokens within it.
+DECODING_TARGETS = {"cache_batch1_over_hf": 3.0, "cache_batch1_share_of_bound": 0.5, "past_block_over_within": 0.8}
 
 
 # -----------------------------------------------------------------------------
@@ -157,7 +164,8 @@ def write_random_dataset(data_dir, vocab_size, n_tokens):
 
 
 def bench_sample(cfg, device):
-    """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed."""
+    """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed; past the
+    context window; and Hugging Face's cached generate on the same weights, when installed."""
     from engine import SAMPLING, ready_for_decoding
 
     torch.manual_seed(cfg.seed)
@@ -165,37 +173,64 @@ def bench_sample(cfg, device):
     model = GPT(GPTConfig(**shape))
     params = model.get_num_params()  # what one token reads: every weight once (of the positions, a row)
     weight_bytes = params * torch.finfo(getattr(torch, cfg.dtype)).bits // 8
-    model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
     settings = {k: SAMPLING[k] for k in ("temperature", "top_k", "top_p")}
-    runs = {}
     repeats = 1 if cfg.quick else 5  # cached runs take seconds: a median of five evens out a noisy machine
+    hf_model = hugging_face_copy(model) if device == "cpu" and cfg.dtype == "float32" else None
+    model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
+    runs = {}
     for batch in (1, 8):
         for cache in (True, False):
             idx = torch.zeros(batch, 1, dtype=torch.long, device=device)  # a one-token prompt
             runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = time_decoding(
                 model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats if cache else 1)
+    one = torch.zeros(1, 1, dtype=torch.long, device=device)
+    # the same weights with a quarter of the context: the new tokens run past it (GPT.generate_stream
+    # restarts the window at its last half when it is full)
+    short = copy.deepcopy(model)
+    short.crop_block_size(shape["block_size"] // 4)
+    runs["cache_batch1_past_block"] = time_decoding(short, one, cfg.new_tokens, True, settings, cfg.seed,
+                                                    repeats) | {"block_size": short.config.block_size}
+    if hf_model is not None:
+        runs["hf_generate_batch1"] = time_decoding(hf_model, one, cfg.new_tokens, "hf", settings, cfg.seed,
+                                                   repeats)
     if device == "cpu" and cfg.dtype == "float32":  # what sample.py --dtype=float16 does instead
         torch.manual_seed(cfg.seed)  # the same weights, in half the bytes
         half = ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16")
-        idx = torch.zeros(1, 1, dtype=torch.long)
-        runs["cache_batch1_float16"] = time_decoding(half, idx, cfg.new_tokens, True, settings, cfg.seed,
-                                                     repeats)
+        runs["cache_batch1_float16"] = time_decoding(half, one, cfg.new_tokens, True, settings, cfg.seed, repeats)
     # Decoding one token reads every weight once (a batch shares the read), so the read bandwidth
-    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 33-40 GB/s a sum
-    # read on the 2-core test machine is 277-334 tokens/s. Cached batch 1 ran at 150-175 in those
-    # runs, 49-56% of the bound: the 77 MB output layer streams at ~35 GB/s, the blocks' 24 small
-    # products at ~20, and attention over the cache, sampling and ~360 small operations take ~2 ms.
+    # bounds the speed; BENCH.md has the share reached and where the rest of a step goes.
     bound = memory_bandwidth(device, cfg.quick) / weight_bytes
-    return {"model": shape, "params": params, "new_tokens": cfg.new_tokens,
-            "prompt_tokens": 1, "sampling": settings, **runs,
-            "batch8_over_batch1": runs["cache_batch8"]["tokens_per_s"] / runs["cache_batch1"]["tokens_per_s"],
-            "weight_mb": weight_bytes / 1e6, "memory_bound_tokens_per_s": bound,
-            "cache_batch1_share_of_bound": runs["cache_batch1"]["tokens_per_s"] / bound}
+    rate = {key: run["tokens_per_s"] for key, run in runs.items()}
+    ratios = {"batch8_over_batch1": rate["cache_batch8"] / rate["cache_batch1"],
+              "cache_batch1_share_of_bound": rate["cache_batch1"] / bound,
+              "past_block_over_within": rate["cache_batch1_past_block"] / rate["cache_batch1"]}
+    if "hf_generate_batch1" in rate:
+        ratios["cache_batch1_over_hf"] = rate["cache_batch1"] / rate["hf_generate_batch1"]
+    return {"model": shape, "params": params, "new_tokens": cfg.new_tokens, "prompt_tokens": 1,
+            "sampling": settings, **runs, "weight_mb": weight_bytes / 1e6, "memory_bound_tokens_per_s": bound,
+            **ratios, "targets": {} if cfg.quick else {k: v for k, v in DECODING_TARGETS.items() if k in ratios}}
+
+
+def hugging_face_copy(model):
+    """transformers' GPT2LMHeadModel holding the model's weights (saved and loaded as a user would),
+    or None without transformers."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    import hf
+
+    transformers.logging.set_verbosity_error()  # no progress bars or notes in bench's output
+    transformers.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(model, tmp)
+        return transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
 
 
 def time_decoding(model, idx, n, cache, settings, seed, repeats):
-    """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike."""
-    decode = decode_with_cache if cache else decode_without_cache
+    """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike.
+    cache: True (GPT.generate_stream), False (a full forward per token) or "hf" (transformers)."""
+    decode = {True: decode_with_cache, False: decode_without_cache, "hf": decode_with_hf}[cache]
     decode(model, idx, 2, **settings)  # warm-up: first-call allocations
     seconds = []
     for _ in range(repeats):
@@ -213,6 +248,13 @@ def decode_with_cache(model, idx, n, temperature, top_k, top_p):
     """n new tokens through the KV cache: what sample.py does."""
     for _ in model.generate_stream(idx, n, temperature, top_k or None, top_p):
         pass
+
+
+@torch.inference_mode()
+def decode_with_hf(model, idx, n, temperature, top_k, top_p):
+    """n new tokens through Hugging Face's generate with its KV cache, sampling alike (no early stop)."""
+    model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, min_new_tokens=n, do_sample=True,
+                   temperature=temperature, top_k=top_k or None, top_p=top_p, use_cache=True, pad_token_id=0)
 
 
 @torch.no_grad()
@@ -437,12 +479,21 @@ def _train_rows(t):
 
 
 def _sample_rows(s):
-    rows = [(f"{key.replace('_', ' ')}, {s['new_tokens']} tokens", f"{s[key]['tokens_per_s']:.1f} tok/s")
-            for key in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8",
-                        "cache_batch1_float16") if key in s]
-    return rows + [("memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s "
-                    f"(cached batch 1 reaches {s['cache_batch1_share_of_bound'] * 100:.0f}%)"),
-                   ("batch 8 / batch 1 (cached)", f"{s['batch8_over_batch1']:.2f}x")]
+    def against(key, text):  # a ratio, and its target if it has one
+        target = s["targets"].get(key)
+        met = "" if target is None else f" (target {target:g}x: {'met' if s[key] >= target else 'MISSED'})"
+        return text, f"{s[key]:.2f}x{met}"
+
+    rows = [against("cache_batch1_over_hf", "cached batch 1 / Hugging Face's cached generate")] \
+        if "cache_batch1_over_hf" in s else []
+    rows += [against("cache_batch1_share_of_bound", "cached batch 1 / memory-bound limit"),
+             against("past_block_over_within", f"past the context (block {s['cache_batch1_past_block']['block_size']})"
+                     " / within it"),
+             against("batch8_over_batch1", "batch 8 / batch 1 (cached)")]
+    rows += [(f"{key.replace('_', ' ')}, {s['new_tokens']} tokens", f"{s[key]['tokens_per_s']:.1f} tok/s")
+             for key in ("cache_batch1", "hf_generate_batch1", "cache_batch1_past_block", "no_cache_batch1",
+                         "cache_batch8", "no_cache_batch8", "cache_batch1_float16") if key in s]
+    return rows + [("memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s")]
 
 
 def _prepare_rows(p):

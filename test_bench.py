@@ -1,4 +1,5 @@
 """Tests of bench.py: `python bench.py --quick` runs every section at tiny sizes and writes them all."""
+import importlib.util
 import json
 
 import torch
@@ -16,8 +17,10 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
     assert data["env"]["torch"] == torch.__version__
     assert data["train"]["step"] == "train.train_step" and data["train"]["ms_per_iter"] > 0, data["train"]
     assert 0 < data["train"]["mfu"] < 1, data["train"]
-    for run in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8"):
+    runs = ["cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8", "cache_batch1_past_block"]
+    for run in runs + ["hf_generate_batch1"] * (importlib.util.find_spec("transformers") is not None):
         assert data["sample"][run]["tokens_per_s"] > 0, data["sample"]
+    assert data["sample"]["past_block_over_within"] > 0, data["sample"]
     assert data["sample"]["memory_bound_tokens_per_s"] > 0 and data["cpu"]["matmul_gflops"] > 0
     if "skipped" in data["prepare"]:  # only for want of the sample corpora or GPT-2's BPE files
         assert not ((SHARED / "data").is_dir() and GPT2_FILES), data["prepare"]
