@@ -15,7 +15,8 @@ Sections:
            256-token context, so that the tokens run past it; and Hugging Face's cached generate on
            the same weights (when transformers is installed). Ratios first, against DECODING_TARGETS.
   prepare  tokens/s and peak memory of `prepare.py --input=...` on a ~10 MB corpus built from
-           ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
+           ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate;
+           and the peak memory of the same text as one document on one line, and of 4 times it.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
 Every figure comes with the device, torch version and thread count (bench.json's "env").
@@ -305,8 +306,9 @@ def bench_prepare(cfg):
         load_tokenizer({"tokenizer": "gpt2"})
     except UserError as e:
         return {"skipped": str(e)}
+    size = int(cfg.corpus_mb * 1e6)
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = build_corpus(Path(tmp, "corpus.txt"), int(cfg.corpus_mb * 1e6))
+        corpus = build_corpus(Path(tmp, "corpus.txt"), size)
         out_dir = Path(tmp, "data")
         num_proc = cfg.num_proc or os.cpu_count()
         ours = measure_process([sys.executable, "prepare.py", f"--input={corpus}", "--name=bench",
@@ -320,14 +322,21 @@ def bench_prepare(cfg):
         base = measure_process([sys.executable, "-c", code], env={"HF_DATASETS_CACHE": tmp})
         base["tokens"] = baseline_out.stat().st_size // 2
         corpus_mb = corpus.stat().st_size / 1e6
+        # one document on one line, of the corpus' size and of 4 times it: memory should not grow
+        one = {f"{scale}x": measure_process(
+            [sys.executable, "prepare.py", f"--input={build_corpus(Path(tmp, f'one{scale}.txt'), scale * size, True)}",
+             f"--name=one{scale}", f"--out_dir={out_dir}", f"--num_proc={num_proc}"]) for scale in (1, 4)}
     for result in (ours, base):
         result["tokens_per_s"] = result["tokens"] / result["seconds"]
     return {"corpus_mb": corpus_mb, "num_proc": num_proc, "prepare_py": ours, "datasets_map": base,
-            "speedup": ours["tokens_per_s"] / base["tokens_per_s"]}
+            "speedup": ours["tokens_per_s"] / base["tokens_per_s"], "one_document": one,
+            "one_document_4x_over_1x_peak": one["4x"]["peak_rss_mb"] / one["1x"]["peak_rss_mb"],
+            "one_document_over_documents_peak": one["1x"]["peak_rss_mb"] / ours["peak_rss_mb"]}
 
 
-def build_corpus(path, size):
-    """Copies of the shared sample corpora, concatenated to about `size` bytes."""
+def build_corpus(path, size, one_line=False):
+    """Copies of the shared sample corpora, concatenated to about `size` bytes: documents separated
+    by blank lines, or (one_line) a single document on a single line."""
     texts = [p.read_text(encoding="utf-8") for p in sorted(SHARED_DATA.glob("*.txt"))]
     written = 0
     with open(path, "w", encoding="utf-8") as f:
@@ -335,6 +344,7 @@ def build_corpus(path, size):
             if written >= size:
                 return path
             text = text[:size - written] + "\n\n"
+            text = " ".join(text.split("\n")) if one_line else text
             f.write(text)
             written += len(text.encode("utf-8"))
 
@@ -505,7 +515,11 @@ def _prepare_rows(p):
         rows += [(f"{key} tokens/s ({p['corpus_mb']:.1f} MB)", f"{r['tokens_per_s']:,.0f}"),
                  (f"{key} peak memory (largest RSS / all PSS)",
                   f"{r['peak_rss_mb']:.0f} / {r['peak_pss_total_mb']:.0f} MB")]
-    return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x")]
+    one = p["one_document"]
+    return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x"),
+                   ("peak memory, one document of 4x / 1x the size", f"{p['one_document_4x_over_1x_peak']:.2f}x "
+                    f"({one['1x']['peak_rss_mb']:.0f} -> {one['4x']['peak_rss_mb']:.0f} MB largest RSS)"),
+                   ("peak memory, one document / as many documents", f"{p['one_document_over_documents_peak']:.2f}x")]
 
 
 def main():
