@@ -34,7 +34,7 @@ def main():
         raise UserError(f"{folder} already exists; pass --force to replace it, or choose another --to")
     hint = "; point --out_dir at a training run (train.py writes ckpt.pt there)"
     model, meta, ckpt = load_model(cfg.init_from, cfg.out_dir, hint)
-    layout = hf.export(model, meta, folder, ckpt, replace=cfg.force)
+    layout = hf.export(model, meta, folder, ckpt, replace=cfg.force, name=cfg.push_to_hub or None)
     print(f"wrote {folder} ({hf.CLASSES[layout]}); load it with transformers' "
           f"AutoModelForCausalLM.from_pretrained({str(folder)!r}), or here with --init_from={folder}")
     if cfg.push_to_hub:

@@ -41,6 +41,7 @@ def _transformers():
         import transformers
     except ImportError:
         raise UserError("Hugging Face interop needs transformers: pip install transformers") from None
+    transformers.utils.logging.disable_progress_bar()  # loading or saving a folder takes a moment: no bars
     return transformers
 
 
@@ -48,25 +49,28 @@ def _transformers():
 # Which layout a config exports to
 
 
+GPT2_ACTIVATIONS = {"gelu": "gelu_new"}  # our mlp -> GPT2Config's activation_function (GELU, tanh form)
 # what each layout needs of the options that shape the network
-NEEDS = {"gpt2": dict(pos_emb="learned", mlp="gelu", norm="layernorm", n_expert=0),
-         "llama": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", n_expert=0),
-         "mixtral": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", bias=False)}
-# the options every layout's config carries, and those that change training but not what the weights
-# compute; any other option at a value other than its default has no place in a Hugging Face format
+NEEDS = {"gpt2": dict(pos_emb=("learned",), mlp=tuple(GPT2_ACTIVATIONS), norm=("layernorm",), n_expert=(0,)),
+         "llama": dict(pos_emb=("rope",), mlp=("swiglu",), norm=("rmsnorm",), n_expert=(0,)),
+         "mixtral": dict(pos_emb=("rope",), mlp=("swiglu",), norm=("rmsnorm",), bias=(False,))}
+# the options every layout's config carries (an untied output layer: tie_word_embeddings=False), and
+# those that change training but not what the weights compute; any other option at a value other
+# than its default has no place in a Hugging Face format
 CARRIED = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "pos_emb", "rope_base", "mlp",
-           "mlp_hidden", "norm", "n_expert", "n_expert_active"}
-TRAINING_ONLY = {"dropout", "aux_loss_coef", "grad_checkpoint"}
+           "mlp_hidden", "norm", "n_expert", "n_expert_active", "tie_embeddings"}
+TRAINING_ONLY = {"dropout", "aux_loss_coef", "grad_checkpoint", "zero_init_proj"}
 
 
 def export_layout(config):
     """'gpt2', 'llama' or 'mixtral'; a UserError naming the first option none of them can hold."""
     layout = "gpt2" if config.pos_emb == "learned" else "mixtral" if config.n_expert else "llama"
     chosen_by = f"pos_emb={config.pos_emb!r}" + (f" and n_expert={config.n_expert}" * (layout == "mixtral"))
-    for key, needed in NEEDS[layout].items():
-        if getattr(config, key) != needed:
+    for key, allowed in NEEDS[layout].items():
+        if getattr(config, key) not in allowed:
+            needed = " or ".join(f"{key}={value!r}" for value in allowed)
             raise UserError(f"{key}={getattr(config, key)!r} has no place in {NAMES[layout]}'s Hugging Face "
-                            f"format ({chosen_by} exports as {CLASSES[layout]}, which needs {key}={needed!r})")
+                            f"format ({chosen_by} exports as {CLASSES[layout]}, which needs {needed})")
     for f in fields(config):
         value = getattr(config, f.name)
         if f.name not in CARRIED | TRAINING_ONLY and value != f.default:
@@ -85,7 +89,7 @@ def _hf_config(model, layout, eot):
                   eos_token_id=eot, pad_token_id=eot)
     if layout == "gpt2":
         return tf.GPT2Config(n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-                             n_inner=c.mlp_hidden or None, activation_function="gelu_new",
+                             n_inner=c.mlp_hidden or None, activation_function=GPT2_ACTIVATIONS[c.mlp],
                              layer_norm_epsilon=1e-5, resid_pdrop=c.dropout, embd_pdrop=c.dropout,
                              attn_pdrop=c.dropout, **common)
     # one key/value head per query head (no grouped-query attention); nn.RMSNorm's eps is 1e-5
@@ -339,11 +343,12 @@ def model_card(model, meta, ckpt, layout, name, chat):
                       ""])
 
 
-def export(model, meta, folder, ckpt=None, replace=False):
+def export(model, meta, folder, ckpt=None, replace=False, name=None):
     """Write `folder`, a complete Hugging Face model: weights, configs, tokenizer, chat template (for
-    models trained on chat data: meta has "chat_template"), README.md. It is loaded back with
-    transformers and checked (check_folder) before it takes its name, so a failed export leaves no
-    folder behind. Returns the layout ('gpt2', 'llama' or 'mixtral')."""
+    models trained on chat data: meta has "chat_template"), README.md (the model called `name`, the
+    folder's by default). It is loaded back with transformers and checked (check_folder) before it
+    takes its name, so a failed export leaves no folder behind. Returns the layout ('gpt2', 'llama'
+    or 'mixtral')."""
     if meta.get("tokenizer") not in ("gpt2", "bpe"):
         raise UserError(f"a model with a {meta.get('tokenizer')!r} tokenizer cannot be exported: Hugging "
                         "Face needs a BPE vocabulary (GPT-2's, or one trained with prepare.py --tokenizer=bpe)")
@@ -354,7 +359,7 @@ def export(model, meta, folder, ckpt=None, replace=False):
     with staged_folder(folder, replace) as tmp:
         save_pretrained(model, tmp, tok.eot_token)
         write_tokenizer(tmp, meta, model.config.block_size, chat)
-        card = model_card(model, meta, ckpt, layout, folder.name, chat)
+        card = model_card(model, meta, ckpt, layout, name or folder.name, chat)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         check_folder(tmp, model, tok, chat)
     return layout
@@ -385,11 +390,14 @@ def _rope(h):
     return theta, params.get("rope_type", params.get("type", "default"))
 
 
+_OUR_ACTIVATIONS = {theirs: ours for ours, theirs in GPT2_ACTIVATIONS.items()} | {"gelu_pytorch_tanh": "gelu"}
+
+
 def _misfits(h, layout):
     """(setting, value, whether this model.py can hold it, what it needs) for a Hugging Face config."""
     if layout == "gpt2":
         act = h.activation_function
-        return [("activation_function", act, act in ("gelu_new", "gelu_pytorch_tanh"), "'gelu_new'"),
+        return [("activation_function", act, act in _OUR_ACTIVATIONS, " or ".join(map(repr, _OUR_ACTIVATIONS))),
                 ("layer_norm_epsilon", h.layer_norm_epsilon, h.layer_norm_epsilon == 1e-5, "1e-05"),
                 ("scale_attn_weights", h.scale_attn_weights, h.scale_attn_weights, "True"),
                 ("scale_attn_by_inverse_layer_idx", h.scale_attn_by_inverse_layer_idx,
@@ -398,7 +406,8 @@ def _misfits(h, layout):
     bias, window = getattr(h, "attention_bias", False), getattr(h, "sliding_window", None)
     return [("num_key_value_heads", h.num_key_value_heads, h.num_key_value_heads == nh,
              f"{nh}, one per query head: no grouped-query attention"),
-            ("head_dim", h.head_dim, h.head_dim == head_dim, f"hidden_size / num_attention_heads = {head_dim}"),
+            ("head_dim", getattr(h, "head_dim", None), getattr(h, "head_dim", None) in (None, head_dim),
+             f"hidden_size / num_attention_heads = {head_dim}"),
             ("hidden_act", h.hidden_act, h.hidden_act == "silu", "'silu'"),
             ("rms_norm_eps", h.rms_norm_eps, h.rms_norm_eps == 1e-5, "1e-05"),
             ("rope_type", rope_type, rope_type == "default", "'default': no rope scaling"),
@@ -418,7 +427,7 @@ def our_config(hf_config):
             raise UserError(f"{key}={value!r} has no place in this model.py (it needs {key}={needed})")
     if layout == "gpt2":
         args = dict(block_size=h.n_positions, n_layer=h.n_layer, n_head=h.n_head, n_embd=h.n_embd, bias=True,
-                    mlp_hidden=h.n_inner or 0)
+                    mlp=_OUR_ACTIVATIONS[h.activation_function], mlp_hidden=h.n_inner or 0)
     else:
         args = dict(block_size=h.max_position_embeddings, n_layer=h.num_hidden_layers,
                     n_head=h.num_attention_heads, n_embd=h.hidden_size, pos_emb="rope",

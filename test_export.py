@@ -84,6 +84,7 @@ def test_push_to_hub_offline_says_in_one_line_that_the_folder_is_complete(llama_
     assert message.endswith(f"{tmp_path / 'hf'} is complete: upload it later with `hf upload me/tiny "
                             f"{tmp_path / 'hf'}` (after `hf auth login`)"), message
     assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert 'from_pretrained("me/tiny")' in (tmp_path / "hf" / "README.md").read_text()  # the card names the repo
 
 
 def test_export_refuses_a_character_level_model_in_one_line(tmp_path):

@@ -256,21 +256,31 @@ def test_from_pretrained_accepts_an_untied_head_only_when_it_equals_the_embeddin
         hf.from_pretrained(str(tmp_path / "apart"))
 
 
+LLAMA = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, rms_norm_eps=1e-5)
+
+
 @needs_transformers
-@pytest.mark.parametrize("options,message", [
-    (dict(num_key_value_heads=2), "num_key_value_heads=2 has no place in this model.py (it needs "
-                                  "num_key_value_heads=4, one per query head: no grouped-query attention)"),
-    (dict(attention_bias=True), "mlp_bias=False has no place in this model.py (it needs "
-                                "mlp_bias=attention_bias=True: one bias setting covers both)"),
-    (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
+@pytest.mark.parametrize("kind,options,message", [
+    ("LlamaConfig", dict(num_key_value_heads=2), "num_key_value_heads=2 has no place in this model.py (it needs "
+                                                 "num_key_value_heads=4, one per query head: no grouped-query "
+                                                 "attention)"),
+    ("LlamaConfig", dict(attention_bias=True), "mlp_bias=False has no place in this model.py (it needs "
+                                               "mlp_bias=attention_bias=True: one bias setting covers both)"),
+    ("LlamaConfig", dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
      "rope_type='linear' has no place in this model.py"),
-    (dict(rms_norm_eps=1e-6), "rms_norm_eps=1e-06 has no place in this model.py (it needs rms_norm_eps=1e-05)"),
-    (dict(hidden_act="gelu"), "hidden_act='gelu' has no place in this model.py"),
+    ("LlamaConfig", dict(rms_norm_eps=1e-6), "rms_norm_eps=1e-06 has no place in this model.py (it needs "
+                                             "rms_norm_eps=1e-05)"),
+    ("LlamaConfig", dict(hidden_act="gelu"), "hidden_act='gelu' has no place in this model.py"),
+    ("MixtralConfig", dict(num_key_value_heads=4, sliding_window=8, max_position_embeddings=64),
+     "sliding_window=8 has no place in this model.py"),
+    ("GPT2Config", dict(activation_function="relu"), "activation_function='relu' has no place in this model.py "
+                                                     "(it needs activation_function='gelu_new' or "
+                                                     "'gelu_pytorch_tanh')"),
+    ("GPTNeoConfig", {}, "model_type 'gpt_neo' has no counterpart here (sprout reads gpt2, llama, mixtral)"),
 ])
-def test_from_pretrained_refuses_llama_settings_it_cannot_hold_naming_them(tmp_path, options, message):
+def test_from_pretrained_refuses_settings_it_cannot_hold_naming_them(tmp_path, kind, options, message):
     import transformers
-    shape = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, rms_norm_eps=1e-5)
-    config = transformers.LlamaConfig(**shape | options)
+    config = getattr(transformers, kind)(**(LLAMA if kind != "GPTNeoConfig" else {}) | options)
     config.save_pretrained(tmp_path)  # the config is refused before any weights are read
     with pytest.raises(UserError) as info:
         hf.from_pretrained(str(tmp_path))
