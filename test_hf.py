@@ -26,6 +26,12 @@ LAYOUTS = {  # the model options that choose each Hugging Face layout
     "llama": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", bias=False),
     "mixtral": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", bias=False, n_expert=4, n_expert_active=2),
 }
+EXPORTED = {  # the models exported: each layout, and options each has a place for
+    "gpt2": ("gpt2", dict(mlp_hidden=96)),
+    "llama": ("llama", LAYOUTS["llama"]),
+    "llama-bias": ("llama", LAYOUTS["llama"] | dict(bias=True, mlp_hidden=80)),
+    "mixtral": ("mixtral", LAYOUTS["mixtral"]),
+}
 # what tokenizers trip on: accents, a combining mark, emoji (one with a joiner), CJK, RTL, a lone \r
 HARD_TEXT = "Ça va? ÅNGSTRÖM naïve e\u0301 👩‍💻🐍 日本語の文 مرحبا\r x\t\ty   z 12,345.678 don't\n\n end"
 
@@ -35,17 +41,18 @@ def chat_meta():
     return bpe_meta() | {"chat_template": CHAT_TEMPLATE}
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
+@pytest.fixture(scope="module", params=EXPORTED)
 def exported(request, tmp_path_factory, chat_meta):
     """A tiny model of each layout with a trained BPE and the chat template, exported."""
-    model = tiny_variant(block_size=64, vocab_size=chat_meta["vocab_size"], **LAYOUTS[request.param])
+    layout, options = EXPORTED[request.param]
+    model = tiny_variant(block_size=64, vocab_size=chat_meta["vocab_size"], **options)
     with torch.no_grad():  # weights far from GPT-2's small init: greedy text that varies, not one token again
         for p in model.parameters():
-            if p.dim() > 1:  # matrices; the norms' gains stay 1
+            if p.dim() > 1 or p.abs().max() == 0:  # matrices and biases; the norms' gains stay 1
                 p.normal_(0.0, 0.3)
     folder = tmp_path_factory.mktemp(request.param) / "hf"
-    assert hf.export(model, chat_meta, folder, {"iter_num": 10, "best_val_loss": 3.0}) == request.param
-    return SimpleNamespace(layout=request.param, model=model, folder=folder, meta=chat_meta,
+    assert hf.export(model, chat_meta, folder, {"iter_num": 10, "best_val_loss": 3.0}) == layout
+    return SimpleNamespace(layout=layout, model=model, folder=folder, meta=chat_meta,
                            tok=hf.load_tokenizer(chat_meta))
 
 
@@ -174,7 +181,7 @@ class FutureConfig(GPTConfig):
 def test_export_refuses_an_option_without_a_place_naming_it(tmp_path, options, message):
     model = tiny_variant(**options)
     with pytest.raises(UserError) as info:
-        hf.export(model, bpe_meta(), tmp_path / "hf")
+        hf.export(model, GPT2_META, tmp_path / "hf")  # refused before its tokenizer loads
     assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary folder
 
