@@ -18,7 +18,7 @@ import torch
 from configurator import UserError
 from fileio import atomic_write
 from model import GPT, GPTConfig
-from tokenizer import GPT2_META  # noqa: F401 (the meta of GPT-2's own weights; imported from here too)
+from tokenizer import GPT2_META  # the meta of GPT-2's own weights
 
 
 def save_checkpoint(path, ckpt):

@@ -15,7 +15,10 @@ The layouts, chosen from the model's config; anything else is refused naming the
 
 The maths match exactly: HF Llama's rotate_half turns channel pairs (i, i + hs/2) with inverse
 frequencies base^(-2i/hs), as apply_rope does; our c_fc holds SwiGLU's gate rows, then its up rows;
-Mixtral's router takes a softmax over all experts, the top k, and renormalises them, as MoE does.
+Mixtral's router takes a softmax over all experts, the top k, and renormalises them, as MoE does
+(transformers 5's MixtralTopKRouter). Biases map to Llama's attention_bias and mlp_bias together.
+One difference stays: a Hugging Face tokenizer reads the text "<|endoftext|>" as the special token,
+where ours keep it as text.
 """
 import json
 import math
