@@ -321,11 +321,12 @@ def model_card(model, meta, ckpt, layout, name, chat):
         facts.append(data + (f", {meta['train_tokens']:,} training tokens" if meta.get("train_tokens") else ""))
     if "iter_num" in ckpt:
         facts.append(f"- trained for {ckpt['iter_num']:,} iterations")
-    if math.isfinite(ckpt.get("best_val_loss", math.inf)):
-        facts.append(f"- validation loss: {ckpt['best_val_loss']:.4f} (nats per token)")
-    bpb = next((ckpt[k] for k in ("best_val_bpb", "val_bpb") if k in ckpt), None)
-    if bpb is not None:
-        facts.append(f"- validation bits per byte: {bpb:.4f}")
+    scores = ckpt.get("eval") or {}  # the evaluation the checkpoint was saved at
+    val_loss = scores.get("val_loss", ckpt.get("best_val_loss", math.inf))
+    if math.isfinite(val_loss):
+        facts.append(f"- validation loss: {val_loss:.4f} (nats per token)")
+    if scores.get("val_bpb") is not None:  # the loss that compares across tokenizers
+        facts.append(f"- validation bits per byte: {scores['val_bpb']:.4f}")
     usage = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
              f'model = AutoModelForCausalLM.from_pretrained("{name}")',
              f'tokenizer = AutoTokenizer.from_pretrained("{name}")']

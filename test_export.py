@@ -23,7 +23,7 @@ def llama_run(tmp_path_factory):
     model = tiny_variant("all", vocab_size=meta["vocab_size"], n_expert=0)
     write_checkpoint(out_dir, meta, model=model)
     ckpt = load_checkpoint(out_dir / "ckpt.pt")
-    facts = {"iter_num": 250, "best_val_loss": 1.2345, "best_val_bpb": 0.9876}
+    facts = {"iter_num": 250, "best_val_loss": 1.2345, "eval": {"val_loss": 1.2345, "val_bpb": 0.9876}}
     save_checkpoint(out_dir / "ckpt.pt", ckpt | facts)
     return out_dir
 
