@@ -231,8 +231,10 @@ class ChatRequest(Sampling):
 
 def settings_of(body, engine, limit):
     """The engine settings a request asks for, checked one by one so the error names its field."""
-    given = {"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p,
-             "seed": body.seed, "max_new_tokens": getattr(body, "max_completion_tokens", None) or body.max_tokens}
+    max_tokens = body.max_tokens if getattr(body, "max_completion_tokens", None) is None else \
+        body.max_completion_tokens
+    given = {"temperature": body.temperature, "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed,
+             "max_new_tokens": max_tokens}
     settings = {}
     for key, value in given.items():
         name = "max_tokens" if key == "max_new_tokens" else key
@@ -258,7 +260,7 @@ def completion_prompt(engine, body):
         prompt = prompt[0]
     try:
         return engine.story_prompt(prompt)
-    except (ValueError, UserError) as e:  # an empty prompt without end-of-text, a character not in a vocabulary
+    except (ValueError, UserError) as e:  # empty, with no end-of-text token; a character the vocabulary lacks
         raise APIError(400, str(e), "prompt") from None
 
 
@@ -297,7 +299,8 @@ class Reply:
         try:
             self.request = engine.submit(ids, settings, deliver)
         except QueueFull as e:
-            raise APIError(503, f"{e}; try again shortly", code="queue_full", headers={"Retry-After": "1"}) from None
+            raise APIError(503, f"{e}; try again shortly", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
         self.text = ReplyText(engine.tok, chat, stop)
         self.chat, self.model, self.trimmed = chat, engine.name, trimmed
         self.id, self.created = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12), int(time.time())
@@ -307,7 +310,8 @@ class Reply:
         while (token := await self.events.get()) is not None:
             if piece := self.text.push(token):
                 yield piece
-            if self.text.stopped:
+            if self.text.stopped:  # a stop string: nothing more is wanted
+                self.request.cancel()
                 return
         if self.request.error:
             raise APIError(500, f"generation failed: {self.request.error}")
@@ -325,7 +329,8 @@ class Reply:
         if not self.chat:
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
         message = {"role": "assistant", "content": text} if whole else {"content": text} if text else {}
-        return {"index": 0, "message" if whole else "delta": message, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "message" if whole else "delta": message, "logprobs": None,
+                "finish_reason": finish}
 
     def object(self, choices, whole=False, **extra):
         kind = ("chat.completion" if whole else "chat.completion.chunk") if self.chat else "text_completion"
@@ -347,7 +352,8 @@ class Reply:
                                           "logprobs": None, "finish_reason": None}]))
             async for piece in self.pieces():
                 yield event(self.object([self.choice(piece)]))
-            yield event(self.object([self.choice(None, self.finish_reason())], sprout={"trimmed": self.trimmed}))
+            last = self.choice(None, self.finish_reason())
+            yield event(self.object([last], sprout={"trimmed": self.trimmed}))
             if include_usage:
                 yield event(self.object([], usage=self.usage()))
         except APIError as e:  # the headers are gone: the error travels as an event
@@ -387,13 +393,12 @@ async def respond(http, reply, body):
 
     text, gone = asyncio.ensure_future(whole_text()), asyncio.ensure_future(disconnected(http))
     try:
-        await asyncio.wait({text, gone}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({text, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        gone.cancel()
+        for task in (text, gone):  # a finished one stays as it is
+            task.cancel()
         reply.request.cancel()  # the worker frees the row before its next step
-        if not text.done():
-            text.cancel()
-    if not text.done():
+    if text not in done:
         return Response(status_code=499)  # nobody is left to read it
     return JSONResponse(reply.whole(text.result()))
 
@@ -418,8 +423,8 @@ def served_engine(http, name):
 def model_card(engine, served):
     defaults = {("max_tokens" if k == "max_new_tokens" else k): v for k, v in engine.defaults.items()}
     return {"id": engine.name, "object": "model", "created": served.started, "owned_by": "sprout",
-            "sprout": {"context": engine.block_size, "tokenizer": engine.tok.name, "chat": engine.chat_error is None,
-                       "chat_error": engine.chat_error, "defaults": defaults,
+            "sprout": {"context": engine.block_size, "tokenizer": engine.tok.name, "defaults": defaults,
+                       "chat": engine.chat_error is None, "chat_error": engine.chat_error,
                        "max_tokens_limit": served.max_tokens_limit, "max_body": MAX_BODY}}
 
 
@@ -456,7 +461,8 @@ async def page():
 
 async def health(http: Request):
     engines = http.app.state.served.engines.values()
-    return {"status": "ok", "models": {e.name: {"active": len(e.active), "waiting": len(e.waiting)} for e in engines}}
+    busy = {e.name: {"active": len(e.active), "waiting": len(e.waiting)} for e in engines}
+    return {"status": "ok", "models": busy}
 
 
 def make_app(engines, loopback=True, api_key="", max_tokens_limit=MAX_NEW_TOKENS):
@@ -508,7 +514,8 @@ def model_sources(cfg):
 def load_engines(cfg):
     device = pick_device(cfg.device)
     dtype = pick_dtype(device, cfg.dtype)
-    hint = ": train one with train.py, point --out_dir at a training run, or serve GPT-2 with --init_from=gpt2"
+    hint = (": train one with train.py, point --out_dir at a training run, or serve GPT-2 with "
+            "--init_from=gpt2")
     settings = {k: getattr(cfg, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens")}
     engines = []
     for name, init_from, out_dir in model_sources(cfg):

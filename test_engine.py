@@ -162,7 +162,8 @@ def dirty_memory(floats):
     """Leave NaNs where torch's next allocations of up to `floats` floats are likely to land (freed
     memory of the same sizes): an uninitialised cache row would hand them to attention, where a
     mask's weight of 0 times NaN is NaN."""
-    junk = [torch.full((n,), float("nan")) for n in range(floats // 8, floats + 1, floats // 8) for _ in range(4)]
+    junk = [torch.full((n,), float("nan")) for n in range(floats // 8, floats + 1, floats // 8)
+            for _ in range(4)]
     del junk
 
 

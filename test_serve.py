@@ -128,7 +128,8 @@ def test_bad_values_are_bad_request_errors_naming_the_field(url):
 
     api = client(url)
     for kwargs, needle in [(dict(temperature=5), "temperature must be from 0.0 to 2.0"),
-                           (dict(top_p=0), "top_p must be above 0.0"), (dict(max_tokens=0), "max_tokens must"),
+                           (dict(top_p=0), "top_p must be above 0.0"),
+                           (dict(max_tokens=0), "max_tokens must be from 1"),
                            (dict(extra_body={"top_k": 1.5}), "top_k"), (dict(stop=["a"] * 5), "at most 4"),
                            (dict(extra_body={"colour": 1}), "colour")]:
         with pytest.raises(openai.BadRequestError, match=needle):
@@ -274,7 +275,7 @@ def test_malformed_headers_get_a_400_answer_not_a_dropped_connection(url):
         status, rest = raw(url, f"GET /v1/models HTTP/1.1\nHost: {host}")
         assert status == "HTTP/1.1 400 Bad Request" and "is not a host name" in rest, (host, status, rest)
     post_head = "POST /v1/completions HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json"
-    status, rest = raw(url, post_head + "\nContent-Length: \u00b2", b"{}")  # a digit to isdigit(), not a number
+    status, rest = raw(url, post_head + "\nContent-Length: \u00b2", b"{}")  # isdigit() is true; no number
     assert status == "HTTP/1.1 400 Bad Request" and "Invalid HTTP request" in rest, (status, rest)
     status, rest = raw(url, post_head + "\nTransfer-Encoding: chunked", b"2\r\n{}\r\n0\r\n\r\n")
     assert status == "HTTP/1.1 411 Length Required" and "Content-Length" in rest, (status, rest)
@@ -293,8 +294,9 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(url):
 def test_serve_script_serves_several_models_on_localhost_and_stops_on_ctrl_c(tmp_path):
     for name in ("story-run", "chat-run"):
         write_checkpoint(tmp_path / name, ASCII_META, block_size=64, n_embd=32)
-    proc = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={tmp_path / 'story-run'},{tmp_path / 'chat-run'}",
-                             "--port=0", "--device=cpu", "--max_new_tokens=5"], cwd=REPO, text=True,
+    runs = f"{tmp_path / 'story-run'},{tmp_path / 'chat-run'}"
+    proc = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={runs}", "--port=0", "--device=cpu",
+                             "--max_new_tokens=5"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         line = proc.stdout.readline()
@@ -369,7 +371,8 @@ def test_browser_page_picks_models_streams_stops_and_chats_with_history_trimmed(
     text = lambda id_: driver.find_element(By.ID, id_).text  # noqa: E731
     wait.until(lambda d: "64-token context" in text("about"))
     # the sliders start from the server's defaults, even outside their usual ranges
-    values = js("return ['temperature', 'top_k', 'top_p', 'max_tokens'].map(k => document.getElementById(k).value)")
+    values = js("return ['temperature', 'top_k', 'top_p', 'max_tokens'].map(k => "
+                "document.getElementById(k).value)")
     assert values == ["0", "500", "0.93", "1500"] and "(default)" in text("top_k-v"), values
     # story: the prompt shown as text, the reply streams until Stop; untouched sliders send nothing
     driver.find_element(By.ID, "prompt").send_keys("<b>Once</b>")
@@ -379,8 +382,10 @@ def test_browser_page_picks_models_streams_stops_and_chats_with_history_trimmed(
     driver.find_element(By.CSS_SELECTOR, "#story .stop").click()
     wait.until(lambda d: text("status") == "stopped")
     assert js("return document.querySelector('#story-out span').textContent") == "<b>Once</b>"
-    assert not driver.find_elements(By.CSS_SELECTOR, "#story-out b") and driver.find_element(By.ID, "generate").is_enabled()
-    assert asked[0].model_fields_set == {"model", "prompt", "stream", "stream_options"}, asked[0].model_fields_set
+    assert not driver.find_elements(By.CSS_SELECTOR, "#story-out b"), "the prompt became HTML"
+    assert driver.find_element(By.ID, "generate").is_enabled()
+    sent = asked[0].model_fields_set
+    assert sent == {"model", "prompt", "stream", "stream_options"}, f"untouched sliders were sent: {sent}"
     # the model picker: "story" cannot chat
     Select(driver.find_element(By.ID, "model")).select_by_value("story")
     assert not driver.find_element(By.ID, "tab-chat").is_enabled() and "char tokens" in text("about")
@@ -394,6 +399,7 @@ def test_browser_page_picks_models_streams_stops_and_chats_with_history_trimmed(
     bubbles = driver.find_elements(By.CSS_SELECTOR, ".msg")
     assert [b.get_attribute("class").split()[1] for b in bubbles] == ["user", "assistant"] * 3, bubbles
     assert asked[-1].max_tokens == 8 and asked[-1].temperature is None
-    assert "oldest messages left out" in text("status") and driver.find_elements(By.CSS_SELECTOR, ".msg.left-out")
+    assert "oldest messages left out" in text("status"), text("status")
+    assert driver.find_elements(By.CSS_SELECTOR, ".msg.left-out"), "no bubble is marked as left out"
     assert len(asked[-1].messages) < 5, "the page sent messages the server had already left out"
     driver.save_screenshot(str(tmp_path / "page.png"))
