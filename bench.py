@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 import configurator
-from checkpoint import save_checkpoint
+from checkpoint import GPT2_META, save_checkpoint
 from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
 from loadtest import load_test, summary
 from model import GPT, GPTConfig, sample_logits
@@ -75,7 +75,7 @@ SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_em
 QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
              serve_seconds=0.5)
 QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
-SERVE_MODEL = dict(n_layer=6, n_head=6, n_embd=384)  # SAMPLE_MODEL's blocks, with a character vocabulary
+QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
 SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
 
 
@@ -378,18 +378,20 @@ def _proc_kb(path, field):
 
 
 def bench_serve(cfg):
-    """serve.py, run as users run it, with a small random model (characters, no end-of-text: every
-    reply runs to max_tokens): 1 streaming client, 8 at once, and in full runs 8 against a server
-    with --max_batch=1 (one request at a time); in rounds taking turns, as the machine drifts."""
-    shape = dict(n_layer=1, n_head=2, n_embd=32) if cfg.quick else SERVE_MODEL
+    """serve.py, run as users run it, with the sample section's random model (GPT-2's vocabulary;
+    --quick: a tiny one with characters): 1 streaming client, 8 at once, and in full runs 8 against
+    a server with --max_batch=1 (one request at a time), in rounds taking turns as the machine drifts."""
+    shape = QUICK_SERVE_MODEL if cfg.quick else SAMPLE_MODEL
     phases = [(8, "one_client", 1), (8, "eight_clients", 8)] + [(1, "one_at_a_time", 8)] * (not cfg.quick)
     rounds, max_tokens = (1, 16) if cfg.quick else (4, 128)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})}
+    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():  # offline: GPT-2's BPE files
+        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
     runs = {name: [] for _, name, _ in phases}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.seed)
-        model = GPT(GPTConfig(block_size=256, vocab_size=95, **shape))
-        meta = {"tokenizer": "char", "chars": [chr(i) for i in range(32, 127)], "eot_token": None}
+        model = GPT(GPTConfig(**shape))
+        meta = {"tokenizer": "char", "chars": [chr(i) for i in range(32, 127)]} if cfg.quick else GPT2_META
         save_checkpoint(Path(tmp, "ckpt.pt"), {"model_args": asdict(model.config), "meta": meta,
                                                "model": model.state_dict()})
         command = [sys.executable, "serve.py", f"--out_dir={tmp}", "--port=0", "--device=cpu"]

@@ -227,11 +227,11 @@ class BatchCache:
     .pos (the rows' positions) and attention reads .mask (which cached keys each row may see: its
     own, not the longer rows' tails)."""
 
-    def __init__(self, n_layer, rows, max_len):
-        self.rows, self.max_len = rows, max_len
-        self.buffers = [None] * n_layer  # (2, rows so far, nh, max_len, hs) each
+    def __init__(self, n_layer, rows):
+        self.rows = rows
+        self.buffers = [None] * n_layer  # (2, rows so far, nh, block_size, hs) each
         self.lengths = []  # positions filled, per row
-        self.pos = self.mask = None
+        self.pos = self.mask = self.end = self.index = self.read = None  # set by begin_step
 
     def add(self, cache, row=None):
         """Copy a one-sequence KVCache (a prefill) into a new last row, or over `row`."""
@@ -241,7 +241,8 @@ class BatchCache:
             mine[:, row, :, :cache.pos] = theirs[:, 0, :, :cache.pos]
         if row == len(self.lengths):
             self.lengths.append(cache.pos)
-        self.lengths[row] = cache.pos
+        else:
+            self.lengths[row] = cache.pos
 
     def _reserve(self, n, like):
         """Room for n rows: the buffers grow as the batch does, doubling. They start zeroed: a row's
@@ -324,7 +325,7 @@ class Engine:
         self.device = _device_of(model)
         self.defaults = check_settings(OPTIONAL | settings)  # each request may override them
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.cache = BatchCache(model.config.n_layer, max_batch, self.block_size)
+        self.cache = BatchCache(model.config.n_layer, max_batch)
         self.active, self.waiting = [], collections.deque()  # active[i] owns the cache's row i
         self.wakeup = threading.Condition()
         self.worker, self.closed = None, False
@@ -355,7 +356,7 @@ class Engine:
         """Queue a generation from the prompt ids (at most block_size of them); returns its Request.
         settings: check_settings' keys, the defaults filling in those missing. deliver(token id or
         None) is called on the worker thread and must not block."""
-        settings = self.defaults | settings
+        settings = check_settings(self.defaults | settings)
         seed = settings["seed"]
         if seed is None:  # from torch's global generator: a server seeded at start replays alike
             seed = int(torch.randint(2**62, ()))
@@ -500,7 +501,7 @@ class Engine:
         for request in self.active:
             request.finish, request.error = "error", f"{type(error).__name__}: {error}"
         self._retire()
-        self.cache = BatchCache(self.model.config.n_layer, self.max_batch, self.block_size)
+        self.cache = BatchCache(self.model.config.n_layer, self.max_batch)
 
     def _end(self, request):
         request.finish = request.finish or "cancelled"

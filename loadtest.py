@@ -53,7 +53,7 @@ def summary(parts):
 
 def stream_completion(url, max_tokens):
     """One streamed completion: time to first token, tokens, seconds, and whether it came whole:
-    text_completion chunks, the last with finish_reason "length", then the usage, then [DONE]."""
+    text_completion chunks, the last with a finish_reason, then the usage, then [DONE]."""
     body = {"prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True,
             "stream_options": {"include_usage": True}}
     host, port = url.removeprefix("http://").split(":")
@@ -66,7 +66,7 @@ def stream_completion(url, max_tokens):
     conn.close()
     chunks = [json.loads(e) for e in events if e != b"[DONE]"]
     tokens = (chunks[-1].get("usage") or {}).get("completion_tokens", 0) if chunks else 0
-    whole = (response.status == 200 and events[-1:] == [b"[DONE]"] and len(chunks) > 2
-             and tokens == max_tokens and {c["object"] for c in chunks} == {"text_completion"}
-             and chunks[-2]["choices"][0]["finish_reason"] == "length")
+    whole = (response.status == 200 and events[-1:] == [b"[DONE]"] and len(chunks) > 2 and tokens > 0
+             and {c["object"] for c in chunks} == {"text_completion"}
+             and chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length"))
     return {"whole": whole, "ttft": ttft or 0.0, "tokens": tokens, "seconds": time.perf_counter() - t0}

@@ -28,10 +28,12 @@ def chunk(text=None, finish=None, usage=None):
     return {"object": "text_completion", "choices": choices, **({"usage": usage} if usage else {})}
 
 
-STREAMS = [  # (events, ends with [DONE], whether a client should count the reply whole), for max_tokens=2
+STREAMS = [  # (events, ends with [DONE], whether a client should count the reply whole)
     ([chunk("a"), chunk("b"), chunk(finish="length"), chunk(usage={"completion_tokens": 2})], True, True),
-    ([chunk("a"), chunk(finish="stop"), chunk(usage={"completion_tokens": 1})], True, False),  # short
+    ([chunk("a"), chunk(finish="stop"), chunk(usage={"completion_tokens": 1})], True, True),  # end of text
     ([chunk("a"), chunk("b"), chunk(finish="length"), chunk(usage={"completion_tokens": 2})], False, False),
+    ([chunk("a"), chunk("b"), chunk(usage={"completion_tokens": 2})], True, False),  # no finish_reason
+    ([chunk("a"), chunk(finish="length")], True, False),  # no usage
 ]
 
 
@@ -52,7 +54,7 @@ class Canned(BaseHTTPRequestHandler):
         pass
 
 
-def test_stream_completion_tells_a_whole_reply_from_a_short_or_unfinished_one():
+def test_stream_completion_tells_a_whole_reply_from_a_broken_one():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Canned)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

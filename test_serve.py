@@ -174,13 +174,41 @@ def test_an_api_key_is_required_when_set_and_compared_in_constant_time(monkeypat
     compared = []
     real = serve.hmac.compare_digest
     monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
-    with running(tiny_engine(), api_key="s3cret") as url:
+    with running(tiny_engine(), api_key="s3cret", loopback=False) as url:  # as with --host=0.0.0.0
         with pytest.raises(openai.AuthenticationError, match="API key"):
             client(url, api_key="wrong").models.list()
         assert [m.id for m in client(url, api_key="s3cret").models.list()] == ["tiny"]
-        status, reply = post(url, "/v1/completions", {"prompt": "a"})
+        status, reply = post(url, "/v1/completions", {"prompt": "a"}, {"Host": "my-server.example"})
         assert status == 401 and reply["error"]["code"] == "invalid_api_key", reply
-    assert len(compared) == 3
+        status, reply = post(url, "/v1/completions", {"prompt": "a", "max_tokens": 2},
+                             {"Host": "my-server.example", "Authorization": "Bearer s3cret"})
+        assert status == 200, reply  # beyond loopback any host name may be used: the key guards it
+    assert len(compared) == 4
+
+
+def get(url, path):
+    """(status, headers, body text) of a GET."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read().decode()
+    conn.close()
+    return response.status, response.headers, body
+
+
+def test_the_page_health_and_interactive_docs_are_served(url):
+    status, headers, html = get(url, "/")
+    assert status == 200 and html == serve.PAGE.read_text(encoding="utf-8"), "the page is serve.html, from disk"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"] and "https://" not in html
+    status, _, health = get(url, "/health")
+    assert status == 200 and json.loads(health)["models"]["tiny"] == {"active": 0, "waiting": 0}, health
+    status, _, docs = get(url, "/docs")
+    assert status == 200 and "swagger" in docs.lower(), docs[:200]
+    spec = json.loads(get(url, "/openapi.json")[2])
+    assert {"/v1/models", "/v1/completions", "/v1/chat/completions"} <= set(spec["paths"]), spec["paths"]
+    status, _, reply = get(url, "/v2/nothing")
+    assert status == 404 and "the API is under /v1" in json.loads(reply)["error"]["message"], reply
 
 
 # -----------------------------------------------------------------------------
