@@ -3,8 +3,8 @@ reference decode, and the helpers that run the project's scripts. `python -m pyt
 on a CPU in about a minute; each test_<file>.py proves the claims of <file>.py.
 
 Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with a reason when they
-are absent (a user's clone has no ../shared); tests that need transformers, selenium or CUDA skip
-when those are missing.
+are absent (a user's clone has no ../shared); tests that need transformers, the openai client,
+selenium or CUDA skip when those are missing.
 """
 import importlib.util
 import json
@@ -53,6 +53,8 @@ needs_gpt2_files = pytest.mark.skipif(not _gpt2_files_cached(),
                                       reason="GPT-2 BPE files not found (set TIKTOKEN_CACHE_DIR)")
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="transformers is not installed (pip install transformers)")
+needs_openai = pytest.mark.skipif(importlib.util.find_spec("openai") is None,
+                                  reason="the openai client is not installed (pip install openai)")
 
 
 # -----------------------------------------------------------------------------
@@ -69,7 +71,8 @@ def run_script(*args, env=None, input=None, timeout=120, cwd=REPO):
 
 
 class Result:
-    """What a script's main() printed when called in this process (run_main)."""
+    """What a script's main() printed when called in this process (run_main), shaped like
+    run_script's CompletedProcess."""
 
     def __init__(self, stdout, stderr):
         self.stdout, self.stderr, self.returncode = stdout, stderr, 0
@@ -85,6 +88,12 @@ def run_main(capsys, monkeypatch):
         script.main()
         return Result(*capsys.readouterr())
     return run
+
+
+@pytest.fixture
+def run_sample(run_main):
+    """sample.py's main() in this process: returns its stdout and stderr."""
+    return lambda *args: run_main(sample, *args)
 
 
 def assert_one_line_error(result, *needles):
@@ -176,13 +185,13 @@ def char_run(tmp_path_factory):
     return out_dir, write_checkpoint(out_dir)
 
 
-def tiny_engine(seed=0, block_size=64, tok=None, **settings):
+def tiny_engine(seed=0, block_size=64, tok=None, name="tiny", max_batch=8, max_queue=16, **settings):
     """An Engine on a tiny random model (greedy, 40 new tokens unless told otherwise)."""
     tok = tok or char_tokenizer()
     torch.manual_seed(seed)
     model = GPT(GPTConfig(block_size=block_size, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32))
     defaults = dict(temperature=0.0, top_k=None, top_p=None, max_new_tokens=40) | settings
-    return Engine(model, tok, defaults, name="tiny")
+    return Engine(model, tok, defaults, name, max_batch, max_queue)
 
 
 # -----------------------------------------------------------------------------

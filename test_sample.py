@@ -22,12 +22,6 @@ from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
 
-@pytest.fixture
-def run_sample(run_main):
-    """sample.py's main() in this process: returns its stdout and stderr."""
-    return lambda *args: run_main(sample, *args)
-
-
 def assert_ok(result):
     assert result.returncode == 0, f"exit code {result.returncode}, stderr: {result.stderr}"
 
