@@ -317,3 +317,16 @@ def test_save_pretrained_output_loads_in_automodel_with_identical_logits(tmp_pat
         hf.save_pretrained(ours, tmp_path / f"out{bias}")
         theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"out{bias}").eval()
         assert_same_logits(theirs, ours, 64)
+
+
+@needs_transformers
+@pytest.mark.parametrize("layout", ["gpt2", "llama"])
+def test_save_pretrained_writes_an_untied_output_layer_as_tie_word_embeddings_false(tmp_path, layout):
+    import transformers
+    ours = tiny_variant(**LAYOUTS[layout])
+    with torch.no_grad():  # an output layer apart from the token embeddings
+        ours.lm_head.weight = torch.nn.Parameter(ours.lm_head.weight + 0.1 * torch.randn_like(ours.lm_head.weight))
+    hf.save_pretrained(ours, tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert theirs.config.tie_word_embeddings is False
+    assert_same_logits(theirs, ours, 64)
