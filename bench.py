@@ -1,7 +1,7 @@
 """Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
 
     python bench.py                                   # every section, a few minutes on 2 CPU cores
-    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
 
@@ -19,9 +19,13 @@ Sections:
            and the peak memory of the same text as one document on one line, and of 4 times it.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
+  serve    serve.py under load: 1 streaming client, then 8 at once, on a 6-layer, 384-wide model:
+           tokens/s in all and per client, time to first token, replies whole or lost; 8 clients
+           batched against 1 client alone, and against 8 served one at a time (--max_batch=1).
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
 import copy
+import importlib.util
 import inspect
 import itertools
 import json
@@ -34,6 +38,7 @@ import tempfile
 import threading
 import time
 from contextlib import redirect_stdout
+from dataclasses import asdict
 from functools import lru_cache
 from io import StringIO
 from pathlib import Path
@@ -43,7 +48,9 @@ import numpy as np
 import torch
 
 import configurator
+from checkpoint import GPT2_META, save_checkpoint
 from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
+from loadtest import load_test, summary
 from model import GPT, GPTConfig, sample_logits
 from tokenizer import load_tokenizer
 
@@ -53,10 +60,10 @@ SHARED_DATA = SHARED / "data"
 # tiktoken finds GPT-2's BPE files offline in ../shared/tiktoken, unless the environment names a cache
 if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
-SECTIONS = ("cpu", "train", "sample", "prepare")  # run in this order: cpu's bandwidth bounds sampling
+SECTIONS = ("cpu", "train", "sample", "prepare", "serve")  # in this order: cpu's bandwidth bounds sampling
 
 BENCH_DEFAULTS = dict(
-    only="train,sample,prepare,cpu",  # comma-separated sections to run
+    only="train,sample,prepare,cpu,serve",  # comma-separated sections to run
     quick=False,  # tiny sizes everywhere: checks that the script runs, not how fast anything is
     out="bench.json",  # where the results go
     threads=0,  # torch threads; 0 = torch's default (one per core)
@@ -66,6 +73,7 @@ BENCH_DEFAULTS = dict(
     new_tokens=500,  # tokens each decoding run generates
     corpus_mb=10.0,  # size of the prepare corpus
     num_proc=0,  # tokenizer processes for both ways of preparing it; 0 = one per core
+    serve_seconds=20.0,  # how long the clients of each serve phase keep asking
 )
 # The CPU shakespeare_char recipe from the README, on top of train.py's defaults.
 TRAIN_RECIPE = dict(device="auto", dtype="auto", compile=False, block_size=64, batch_size=12, n_layer=4,
@@ -73,12 +81,14 @@ TRAIN_RECIPE = dict(device="auto", dtype="auto", compile=False, block_size=64, b
 SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
-QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1)
+QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
+             serve_seconds=0.5)
 QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
-# Decoding targets, as ratios measured in one run (absolute speeds drift with the machine): cached
-# batch 1 against Hugging Face's cached generate and against the memory-bound limit, and new tokens
-# past the context window (a quarter of SAMPLE_MODEL's) against new tokens within it.
-DECODING_TARGETS = {"cache_batch1_over_hf": 3.0, "cache_batch1_share_of_bound": 0.5, "past_block_over_within": 0.8}
+QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
+SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
+# Decoding targets (issue 17), ratios measured in one run: cached batch 1 against Hugging Face's cached
+# generate and the memory-bound limit; tokens past a (quarter-size) context against tokens within it.
+DECODING_TARGETS = dict(cache_batch1_over_hf=3.0, cache_batch1_share_of_bound=0.5, past_block_over_within=0.8)
 
 
 # -----------------------------------------------------------------------------
@@ -183,52 +193,45 @@ def bench_sample(cfg, device):
         for cache in (True, False):
             idx = torch.zeros(batch, 1, dtype=torch.long, device=device)  # a one-token prompt
             runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = time_decoding(
-                model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats if cache else 1)
+                model, idx, cache, cfg.new_tokens, settings, cfg.seed, repeats if cache else 1)
     one = torch.zeros(1, 1, dtype=torch.long, device=device)
+    timed = (cfg.new_tokens, settings, cfg.seed, repeats)
     # the same weights with a quarter of the context: the new tokens run past it (GPT.generate_stream
     # restarts the window at its last half when it is full)
-    short = copy.deepcopy(model)
-    short.crop_block_size(shape["block_size"] // 4)
-    runs["cache_batch1_past_block"] = time_decoding(short, one, cfg.new_tokens, True, settings, cfg.seed,
-                                                    repeats) | {"block_size": short.config.block_size}
+    (short := copy.deepcopy(model)).crop_block_size(shape["block_size"] // 4)
+    runs["cache_batch1_past_block"] = time_decoding(short, one, True, *timed)
     if hf_model is not None:
-        runs["hf_generate_batch1"] = time_decoding(hf_model, one, cfg.new_tokens, "hf", settings, cfg.seed,
-                                                   repeats)
+        runs["hf_generate_batch1"] = time_decoding(hf_model, one, "hf", *timed)
     if device == "cpu" and cfg.dtype == "float32":  # what sample.py --dtype=float16 does instead
         torch.manual_seed(cfg.seed)  # the same weights, in half the bytes
         half = ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16")
-        runs["cache_batch1_float16"] = time_decoding(half, one, cfg.new_tokens, True, settings, cfg.seed, repeats)
-    # Decoding one token reads every weight once (a batch shares the read), so the read bandwidth
-    # bounds the speed; BENCH.md has the share reached and where the rest of a step goes.
-    bound = memory_bandwidth(device, cfg.quick) / weight_bytes
+        runs["cache_batch1_float16"] = time_decoding(half, one, True, *timed)
+    bound = memory_bandwidth(device, cfg.quick) / weight_bytes  # a token reads every weight (a batch, once)
     rate = {key: run["tokens_per_s"] for key, run in runs.items()}
-    ratios = {"batch8_over_batch1": rate["cache_batch8"] / rate["cache_batch1"],
+    ratios = {"cache_batch1_over_hf": rate["cache_batch1"] / rate.get("hf_generate_batch1", float("nan")),
               "cache_batch1_share_of_bound": rate["cache_batch1"] / bound,
-              "past_block_over_within": rate["cache_batch1_past_block"] / rate["cache_batch1"]}
-    if "hf_generate_batch1" in rate:
-        ratios["cache_batch1_over_hf"] = rate["cache_batch1"] / rate["hf_generate_batch1"]
+              "past_block_over_within": rate["cache_batch1_past_block"] / rate["cache_batch1"],
+              "batch8_over_batch1": rate["cache_batch8"] / rate["cache_batch1"]}
     return {"model": shape, "params": params, "new_tokens": cfg.new_tokens, "prompt_tokens": 1,
-            "sampling": settings, **runs, "weight_mb": weight_bytes / 1e6, "memory_bound_tokens_per_s": bound,
-            **ratios, "targets": {} if cfg.quick else {k: v for k, v in DECODING_TARGETS.items() if k in ratios}}
+            "sampling": settings, "past_block_size": short.config.block_size, **runs, "ratios": ratios,
+            "weight_mb": weight_bytes / 1e6, "memory_bound_tokens_per_s": bound,
+            "targets": {} if cfg.quick else DECODING_TARGETS}
 
 
 def hugging_face_copy(model):
-    """transformers' GPT2LMHeadModel holding the model's weights (saved and loaded as a user would),
-    or None without transformers."""
-    try:
-        import transformers
-    except ImportError:
+    """transformers' GPT2LMHeadModel with the model's weights, saved and loaded as a user would; None
+    without transformers."""
+    if importlib.util.find_spec("transformers") is None:
         return None
     import hf
+    from transformers import GPT2LMHeadModel
 
-    transformers.logging.set_verbosity_error()  # no progress bars or notes in bench's output
-    transformers.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(model, tmp)
-        return transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
+        return GPT2LMHeadModel.from_pretrained(tmp).eval()
 
 
-def time_decoding(model, idx, n, cache, settings, seed, repeats):
+def time_decoding(model, idx, cache, n, settings, seed, repeats):
     """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike.
     cache: True (GPT.generate_stream), False (a full forward per token) or "hf" (transformers)."""
     decode = {True: decode_with_cache, False: decode_without_cache, "hf": decode_with_hf}[cache]
@@ -306,11 +309,9 @@ def bench_prepare(cfg):
         load_tokenizer({"tokenizer": "gpt2"})
     except UserError as e:
         return {"skipped": str(e)}
-    size = int(cfg.corpus_mb * 1e6)
+    size, num_proc = int(cfg.corpus_mb * 1e6), cfg.num_proc or os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = build_corpus(Path(tmp, "corpus.txt"), size)
-        out_dir = Path(tmp, "data")
-        num_proc = cfg.num_proc or os.cpu_count()
+        corpus, out_dir = build_corpus(Path(tmp, "corpus.txt"), size), Path(tmp, "data")
         ours = measure_process([sys.executable, "prepare.py", f"--input={corpus}", "--name=bench",
                                 f"--out_dir={out_dir}", f"--num_proc={num_proc}"])
         meta = json.loads((out_dir / "bench" / "meta.json").read_text())
@@ -323,9 +324,9 @@ def bench_prepare(cfg):
         base["tokens"] = baseline_out.stat().st_size // 2
         corpus_mb = corpus.stat().st_size / 1e6
         # one document on one line, of the corpus' size and of 4 times it: memory should not grow
-        one = {f"{scale}x": measure_process(
-            [sys.executable, "prepare.py", f"--input={build_corpus(Path(tmp, f'one{scale}.txt'), scale * size, True)}",
-             f"--name=one{scale}", f"--out_dir={out_dir}", f"--num_proc={num_proc}"]) for scale in (1, 4)}
+        one = {f"{n}x": measure_process([sys.executable, "prepare.py", f"--name=one{n}", f"--out_dir={out_dir}",
+                                         f"--input={build_corpus(Path(tmp, f'one{n}.txt'), n * size, True)}",
+                                         f"--num_proc={num_proc}"]) for n in (1, 4)}
     for result in (ours, base):
         result["tokens_per_s"] = result["tokens"] / result["seconds"]
     return {"corpus_mb": corpus_mb, "num_proc": num_proc, "prepare_py": ours, "datasets_map": base,
@@ -422,6 +423,45 @@ def _proc_kb(path, field):
 
 
 # -----------------------------------------------------------------------------
+# serve.py under load
+
+
+def bench_serve(cfg):
+    """serve.py, run as users run it, with the sample section's random model (GPT-2's vocabulary;
+    --quick: a tiny one with characters): 1 streaming client, 8 at once, and in full runs 8 against
+    a server with --max_batch=1 (one request at a time), in rounds taking turns as the machine drifts."""
+    shape = QUICK_SERVE_MODEL if cfg.quick else SAMPLE_MODEL
+    phases = [(8, "one_client", 1), (8, "eight_clients", 8)] + [(1, "one_at_a_time", 8)] * (not cfg.quick)
+    rounds, max_tokens = (1, 16) if cfg.quick else (4, 128)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})}
+    runs = {name: [] for _, name, _ in phases}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(cfg.seed)
+        model = GPT(GPTConfig(**shape))
+        meta = {"tokenizer": "char", "chars": [chr(i) for i in range(32, 127)]} if cfg.quick else GPT2_META
+        save_checkpoint(Path(tmp, "ckpt.pt"), {"model_args": asdict(model.config), "meta": meta,
+                                               "model": model.state_dict()})
+        command = [sys.executable, "serve.py", f"--out_dir={tmp}", "--port=0", "--device=cpu"]
+        servers = {batch: subprocess.Popen(command + [f"--max_batch={batch}"], cwd=ROOT, env=env, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                   for batch in {batch for batch, _, _ in phases}}  # an idle one waits, using no CPU
+        try:
+            urls = {batch: server.stdout.readline().split(" at ")[1].split("/ ")[0]
+                    for batch, server in servers.items()}
+            for _ in range(rounds):
+                for batch, name, clients in phases:
+                    runs[name].append(load_test(urls[batch], clients, cfg.serve_seconds / rounds, max_tokens))
+        finally:
+            for server in servers.values():
+                server.terminate()
+                server.wait()
+    results = {name: summary(parts) for name, parts in runs.items()}
+    ratio = results["eight_clients"]["tokens_per_s"] / results["one_client"]["tokens_per_s"]
+    return {"model": shape, "seconds": cfg.serve_seconds, "rounds": rounds, **results,
+            "batched_over_one_client": ratio}
+
+
+# -----------------------------------------------------------------------------
 # Settings, table, main
 
 
@@ -463,7 +503,7 @@ def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
-                          ("prepare", _prepare_rows)):
+                          ("prepare", _prepare_rows), ("serve", _serve_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
@@ -489,17 +529,15 @@ def _train_rows(t):
 
 
 def _sample_rows(s):
-    def against(key, text):  # a ratio, and its target if it has one
+    names = {"cache_batch1_over_hf": "cached batch 1 / Hugging Face's cached generate",
+             "cache_batch1_share_of_bound": "cached batch 1 / memory-bound limit",
+             "past_block_over_within": f"past the context (block {s['past_block_size']}) / within it",
+             "batch8_over_batch1": "batch 8 / batch 1 (cached)"}
+    rows = []
+    for key, ratio in s["ratios"].items():  # ratios first, each against its target if it has one
         target = s["targets"].get(key)
-        met = "" if target is None else f" (target {target:g}x: {'met' if s[key] >= target else 'MISSED'})"
-        return text, f"{s[key]:.2f}x{met}"
-
-    rows = [against("cache_batch1_over_hf", "cached batch 1 / Hugging Face's cached generate")] \
-        if "cache_batch1_over_hf" in s else []
-    rows += [against("cache_batch1_share_of_bound", "cached batch 1 / memory-bound limit"),
-             against("past_block_over_within", f"past the context (block {s['cache_batch1_past_block']['block_size']})"
-                     " / within it"),
-             against("batch8_over_batch1", "batch 8 / batch 1 (cached)")]
+        met = f" (target {target:g}x: {'met' if ratio >= target else 'MISSED'})" if target else ""
+        rows += [(names[key], f"{ratio:.2f}x{met}")] if ratio == ratio else []  # NaN: no transformers
     rows += [(f"{key.replace('_', ' ')}, {s['new_tokens']} tokens", f"{s[key]['tokens_per_s']:.1f} tok/s")
              for key in ("cache_batch1", "hf_generate_batch1", "cache_batch1_past_block", "no_cache_batch1",
                          "cache_batch8", "no_cache_batch8", "cache_batch1_float16") if key in s]
@@ -515,11 +553,23 @@ def _prepare_rows(p):
         rows += [(f"{key} tokens/s ({p['corpus_mb']:.1f} MB)", f"{r['tokens_per_s']:,.0f}"),
                  (f"{key} peak memory (largest RSS / all PSS)",
                   f"{r['peak_rss_mb']:.0f} / {r['peak_pss_total_mb']:.0f} MB")]
-    one = p["one_document"]
+    one = [p["one_document"][k]["peak_rss_mb"] for k in ("1x", "4x")]
     return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x"),
-                   ("peak memory, one document of 4x / 1x the size", f"{p['one_document_4x_over_1x_peak']:.2f}x "
-                    f"({one['1x']['peak_rss_mb']:.0f} -> {one['4x']['peak_rss_mb']:.0f} MB largest RSS)"),
-                   ("peak memory, one document / as many documents", f"{p['one_document_over_documents_peak']:.2f}x")]
+                   ("peak memory, one document of 4x / 1x the size",
+                    f"{p['one_document_4x_over_1x_peak']:.2f}x ({one[0]:.0f} -> {one[1]:.0f} MB largest RSS)"),
+                   ("peak memory, one document / as many documents",
+                    f"{p['one_document_over_documents_peak']:.2f}x")]
+
+
+def _serve_rows(s):
+    rows = [(f"{what}: tok/s in all (median per client), TTFT median/max",
+             f"{r['tokens_per_s']:.0f} ({statistics.median(r['client_tokens_per_s']):.0f}), "
+             f"{statistics.median(r['ttft_ms'] or [0]):.0f}/{max(r['ttft_ms'] or [0]):.0f} ms, "
+             f"{r['whole']}/{r['replies']} whole")
+            for key, what in (("one_client", "1 client"), ("eight_clients", "8 clients, batched"),
+                              ("one_at_a_time", "8 clients, --max_batch=1")) if (r := s.get(key))]
+    ratio = s["batched_over_one_client"]
+    return rows + [(f"8 clients batched / 1 client (target >= {SERVE_TARGET:g}x)", f"{ratio:.2f}x")]
 
 
 def main():
@@ -533,7 +583,8 @@ def main():
     print(f"bench: {env['device']} ({env['device_name']}), torch {env['torch']}, threads={env['threads']}"
           + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
-               "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg)}
+               "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
+               "serve": lambda: bench_serve(cfg)}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import functools
 from configurator import UserError
 
 EOT_TEXT = "<|endoftext|>"
+GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}  # GPT-2's, as a meta records it
 
 
 class GPT2Tokenizer:
