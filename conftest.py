@@ -9,6 +9,7 @@ when those are missing.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -31,7 +32,7 @@ from checkpoint import save_checkpoint  # noqa: E402
 from configurator import configure  # noqa: E402
 from engine import Engine  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from tokenizer import CharTokenizer  # noqa: E402
+from tokenizer import CharTokenizer, tokenizer_fields, train_bpe  # noqa: E402
 
 # tiny models gain nothing from a second thread, and lose a lot when the cores are busy
 torch.set_num_threads(1)
@@ -133,6 +134,31 @@ def char_tokenizer():
     return CharTokenizer(ASCII, eot_token=len(ASCII))
 
 
+# Sentences for a tiny BPE to learn from: English words, accents, CJK and emoji (no ../shared needed).
+BPE_WORDS = ("the a cat dog fox owl sat ran jumped slept on over under to and then big small red blue "
+             "green quick brown lazy house tree river Once upon time story über café naïve 東京 世界 "
+             "🐍 🎉 it was day night, said . ! ?").split()
+
+
+def bpe_text(n_sentences=300, seed=0):
+    """Seeded sentences of BPE_WORDS, one per line (about 40 characters each)."""
+    rng = np.random.default_rng(seed)
+    return "\n".join(" ".join(rng.choice(BPE_WORDS, size=8)) for _ in range(n_sentences))
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe():
+    """A 400-token byte-level BPE (tokenizer.BPETokenizer) learned from bpe_text(), in a few tens of
+    milliseconds: tests of BPE datasets, checkpoints and decoding need no GPT-2 files. Its meta
+    fields: tokenizer.tokenizer_fields(tiny_bpe)."""
+    return train_bpe(bpe_text().splitlines(), 400, show_progress=False)
+
+
+def bpe_meta(tok, name="bpe"):
+    """A dataset meta for a BPE tokenizer, as data.read_meta returns it (tokenizer_json included)."""
+    return {"name": name, **tokenizer_fields(tok)}
+
+
 def write_checkpoint(out_dir, meta=CHAR_META, model=None, seed=0, **config):
     """out_dir/ckpt.pt as train.py saves it, holding `model` or else a tiny random one for meta's
     vocabulary (2 layers, 16 wide, block 16 unless `config` says otherwise); returns the model, in
@@ -195,6 +221,19 @@ def data_dir(tmp_path):
     return tmp_path / "tiny"
 
 
+def make_bpe_dataset(folder, tok, text=None, name="bpe", **options):
+    """A dataset prepared by prepare.py's own code with the BPE `tok` (reused from its tokenizer.json,
+    written beside) from `text` (default: bpe_text(), one document per line); returns its folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.tokenizer.json").write_text(tok.json, encoding="utf-8")
+    src = folder / f"{name}.txt"
+    src.write_text(bpe_text().replace("\n", "\n\n") if text is None else text, encoding="utf-8")
+    prepare.prepare_files([src], folder / name, str(folder / f"{name}.tokenizer.json"), num_proc=1,
+                          **options)
+    return folder / name
+
+
 CONVERSATIONS = [  # hand-written: a system prompt, several turns, non-ASCII text
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
      {"role": "assistant", "content": "Hello! Über 🐍"}],
@@ -243,6 +282,16 @@ def run_train(data_dir, out_dir, *flags):
     """train.train() in this process, with the TINY settings and `flags` on top (later flags win)."""
     argv = [*TINY, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *flags]
     return train.train(configure(train.DEFAULTS, argv))
+
+
+@pytest.fixture(scope="session")
+def bpe_run(tmp_path_factory, tiny_bpe):
+    """(out_dir, tiny_bpe): a tiny model trained for 10 iterations on a BPE dataset, which is then
+    deleted with its tokenizer.json: the run's ckpt.pt alone has to carry the tokenizer."""
+    root = tmp_path_factory.mktemp("bpe_run")
+    run_train(make_bpe_dataset(root / "data", tiny_bpe), root / "out", "--max_iters=10", "--block_size=32")
+    shutil.rmtree(root / "data")
+    return root / "out", tiny_bpe
 
 
 def read_log(out_dir):
