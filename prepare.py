@@ -439,7 +439,7 @@ def parse_args(argv):
     p.add_argument("--input", help="a local .txt/.jsonl/.parquet file, or a folder of them")
     p.add_argument("--name", help="dataset folder name under --out_dir (default: NAME or the input's)")
     p.add_argument("--tokenizer", help="gpt2 (default; char for *_char), char, bpe (learn one, of "
-                   "--vocab_size tokens), or reuse one: a tokenizer.json, a prepared dataset, a run's out_dir")
+                   "--vocab_size tokens), or reuse one: a tokenizer.json, a dataset, a run's out_dir")
     p.add_argument("--vocab_size", type=vocab_size_arg, help="--tokenizer=bpe: its size, in tokens")
     p.add_argument("--tokenizer_sample", type=tokenizer_sample_arg, help="--tokenizer=bpe: learn from "
                    "at most this many characters of the train split, or this fraction of its documents")

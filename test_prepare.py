@@ -286,7 +286,8 @@ def test_bpe_is_learned_from_the_train_split_and_tokenizes_both_with_worker_proc
     meta = json.loads((tmp_path / "stories" / "meta.json").read_text())
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"]) == ("bpe", 300, 0), meta
     assert "tokenizer_json" not in meta, "the vocabulary lives in tokenizer.json, beside meta.json"
-    assert read_meta(tmp_path / "stories")["tokenizer_json"] == (tmp_path / "stories" / "tokenizer.json").read_text()
+    vocab = (tmp_path / "stories" / "tokenizer.json").read_text()
+    assert read_meta(tmp_path / "stories")["tokenizer_json"] == vocab
     train, val = decoded(tmp_path / "stories")
     assert train + EOT + val == EOT.join(docs), "every document comes back, bytes replaced as asked"
     ids = load_split(tmp_path / "stories", "train")
@@ -301,7 +302,7 @@ def test_same_input_and_settings_give_a_byte_identical_tokenizer_json(tmp_path):
     outputs = []
     for run in ("a", "b"):
         prepare.prepare_files([src], tmp_path / run, "bpe", vocab_size=320, num_proc=1)
-        outputs.append([(tmp_path / run / f).read_bytes() for f in ("tokenizer.json", "train.bin", "val.bin")])
+        outputs.append([(tmp_path / run / f).read_bytes() for f in ("tokenizer.json", "train.bin")])
     assert outputs[0] == outputs[1]
     assert len(json.loads(outputs[0][0])["model"]["vocab"]) == 320
 
@@ -317,8 +318,8 @@ def test_tokenizer_sample_learns_from_the_first_characters_or_an_even_share_of_d
         if sum(map(len, first)) >= cut:
             break
     for sample, learned_from in ((cut, first), (0.5, train_docs[1::2])):
-        meta = prepare.prepare_files([src], tmp_path / str(sample), "bpe", vocab_size=300, tokenizer_sample=sample,
-                                     num_proc=1)
+        meta = prepare.prepare_files([src], tmp_path / str(sample), "bpe", vocab_size=300,
+                                     tokenizer_sample=sample, num_proc=1)
         assert meta["tokenizer_json"] == train_bpe(learned_from, 300).json, sample
 
 
@@ -332,10 +333,10 @@ def test_a_shared_tokenizer_gives_two_datasets_identical_ids(tmp_path, tiny_bpe)
     second.write_text("A new story about a lazy fox.\n\nAnother one 🐍.\n", encoding="utf-8")
     ids = {}
     for source in ("first", "first/tokenizer.json", "run"):
-        meta = prepare.prepare_files([second], tmp_path / source.replace("/", "_") / "out", str(tmp_path / source),
-                                     num_proc=1)
+        out = tmp_path / source.replace("/", "_") / "out"
+        meta = prepare.prepare_files([second], out, str(tmp_path / source), num_proc=1)
         assert meta["tokenizer_json"] == learned["tokenizer_json"], source
-        ids[source] = load_split(tmp_path / source.replace("/", "_") / "out", "train")
+        ids[source] = load_split(out, "train")
     assert ids["first"] == ids["first/tokenizer.json"] == ids["run"] == \
         load_tokenizer(learned).encode("A new story about a lazy fox."), ids
 
@@ -346,7 +347,8 @@ def test_a_dataset_that_is_no_longer_bpe_loses_its_stale_tokenizer_json(tmp_path
     prepare.prepare_files([src], tmp_path / "set", "bpe", vocab_size=300, num_proc=1)
     assert (tmp_path / "set" / "tokenizer.json").exists()
     prepare.prepare_files([src], tmp_path / "set", "char", num_proc=1, force=True)
-    assert not (tmp_path / "set" / "tokenizer.json").exists() and read_meta(tmp_path / "set")["tokenizer"] == "char"
+    assert read_meta(tmp_path / "set")["tokenizer"] == "char"
+    assert not (tmp_path / "set" / "tokenizer.json").exists()
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import serve
-from conftest import ASCII_META, REPO, tiny_engine, write_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import REPO, greedy_ids, tiny_engine
 
 # -----------------------------------------------------------------------------
 # Requests
@@ -179,9 +180,8 @@ def test_a_client_that_goes_away_stops_generation_and_frees_the_model(server, ca
 # The script
 
 
-def test_serve_listens_on_localhost_by_default_and_stops_on_ctrl_c(tmp_path):
-    out = tmp_path / "out"
-    write_checkpoint(out, ASCII_META, block_size=64, n_embd=32)
+def test_serve_listens_on_localhost_by_default_and_stops_on_ctrl_c(bpe_run):
+    out, tok = bpe_run  # a BPE model whose dataset (and tokenizer.json) is gone: ckpt.pt carries it
     proc = subprocess.Popen([sys.executable, "serve.py", f"--out_dir={out}", "--port=0", "--device=cpu",
                              "--max_new_tokens=5"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -189,8 +189,10 @@ def test_serve_listens_on_localhost_by_default_and_stops_on_ctrl_c(tmp_path):
         line = proc.stdout.readline()
         assert "http://127.0.0.1:" in line, line
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-        status, reply = post(("127.0.0.1", port), {"prompt": "Hi", "temperature": 0})
-        assert status == 200 and reply["tokens"] <= 5, reply
+        status, reply = post(("127.0.0.1", port), {"prompt": "Hi 🐍", "temperature": 0})
+        model = model_from_checkpoint(load_checkpoint(out / "ckpt.pt")).eval()
+        expected = tok.decode(greedy_ids(model, tok.encode("Hi 🐍"), 5)).split("<|endoftext|>")[0]
+        assert status == 200 and reply["tokens"] <= 5 and reply["text"] == expected, (reply, expected)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
     finally:

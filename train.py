@@ -394,7 +394,8 @@ def train(config):
                 return {}
             losses, bpb = evaluate(run.eval_model, run.splits, cfg, rt, run.bytes_of)
             print(f"val {eval_summary(losses['val'], bpb['val'])}")
-            return {"val_loss": losses["val"], "val_perplexity": perplexity(losses["val"]), "val_bpb": bpb["val"]}
+            return {"val_loss": losses["val"], "val_perplexity": perplexity(losses["val"]),
+                    "val_bpb": bpb["val"]}
         loop(run, cfg, rt)
         return {"iter_num": run.iter_num, "best_val_loss": run.best_val_loss, "losses": run.losses,
                 "evals": run.evals}
