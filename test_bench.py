@@ -8,7 +8,7 @@ from conftest import SHARED, run_script
 
 def test_bench_quick_runs_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--quick", f"--out={out}")
+    result = run_script("bench.py", "--quick", f"--out={out}", "--only=cpu,train,sample,prepare,tokenizer,payoff")
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert {"device", "torch", "threads"} <= set(data["env"]), data["env"]
@@ -24,5 +24,11 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
             assert p["tokens"] > 0 and p["tokens_per_s"] > 0 and p["peak_rss_mb"] > 0, data["prepare"]
         ours, theirs = data["prepare"]["prepare_py"]["tokens"], data["prepare"]["datasets_map"]["tokens"]
         assert abs(ours - theirs) < 0.01 * ours, f"the two ways tokenized {ours} and {theirs} tokens"
+        learned = data["tokenizer"]["learn"]["0.2"]
+        assert learned["prepare_py"]["seconds"] > 0 and learned["tokenizers"]["peak_rss_mb"] > 0, learned
+        assert data["tokenizer"]["tokenize"]["bpe"]["tokens_per_s"] > 0, data["tokenizer"]
+        for name, vocab_size in (("bpe", 512), ("gpt2", 50257)):
+            run = data["payoff"][name]
+            assert run["vocab_size"] == vocab_size and 0 < run["val_bpb"] < 20 and run["tokens_per_s"] > 0, run
     for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s"):
         assert needle in result.stdout, result.stdout

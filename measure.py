@@ -1,0 +1,104 @@
+"""How bench.py measures: another program's wall time and peak memory, and corpora of any size.
+
+    measure_process(command)    run it from the repository root; seconds, and the peak memory polled
+                                from /proc: the largest process's RSS, and the whole tree's PSS
+    python_call(function, ...)  the command that runs a function's own source in a fresh interpreter
+    build_corpus(path, size)    the sample corpora of ../shared/data, repeated to about `size` bytes
+
+A library for bench.py (which imports train.py's step to time it); it runs nothing itself.
+"""
+import inspect
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from configurator import UserError
+
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
+SHARED_DATA = SHARED / "data"
+
+
+def build_corpus(path, size):
+    """Copies of the shared sample corpora, concatenated to about `size` bytes."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SHARED_DATA.glob("*.txt"))]
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for text in itertools.cycle(texts):
+            if written >= size:
+                return path
+            text = text[:size - written] + "\n\n"
+            f.write(text)
+            written += len(text.encode("utf-8"))
+
+
+def find_gpt2_files(env):
+    """env (a dict, or os.environ) with TIKTOKEN_CACHE_DIR at ../shared/tiktoken unless it names one:
+    GPT-2's BPE files on a machine that cannot download them."""
+    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():
+        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+    return env
+
+
+def python_call(function, *args):
+    """A command running function(*args) from its own source in a fresh interpreter, which imports
+    only what the function does (not torch, as bench.py has); args are plain values."""
+    return [sys.executable, "-c", f"{inspect.getsource(function)}\n{function.__name__}(*{args!r})"]
+
+
+def measure_process(command, env=None):
+    """Run a command in the repo; its wall time and peak memory, polled from /proc: the largest
+    single process's RSS, and the whole tree's PSS (shared pages counted once) for worker pools."""
+    env = find_gpt2_files({**os.environ, **(env or {})})
+    proc = subprocess.Popen(command, cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks = {"rss": 0, "pss": 0}
+    poller = threading.Thread(target=_poll_memory, args=(proc, peaks), daemon=True)
+    t0 = time.perf_counter()
+    poller.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    poller.join()
+    if proc.returncode != 0:
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+        raise UserError(f"{' '.join(command[:3])} failed: {last}")
+    return {"seconds": seconds, "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_total_mb": peaks["pss"] / 1e6}
+
+
+def _poll_memory(proc, peaks, interval=0.01):
+    while proc.poll() is None:
+        rss, pss = 0, 0
+        for pid in _process_tree(proc.pid):
+            rss = max(rss, _proc_kb(f"/proc/{pid}/status", "VmRSS:") * 1024)
+            pss += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
+        peaks["rss"], peaks["pss"] = max(peaks["rss"], rss), max(peaks["pss"], pss)
+        time.sleep(interval)
+
+
+def _process_tree(pid):
+    """pid and all its descendants (Linux /proc)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += map(int, Path(f"/proc/{p}/task/{task}/children").read_text().split())
+        except OSError:  # exited meanwhile
+            pass
+    return tree
+
+
+def _proc_kb(path, field):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
