@@ -1,7 +1,7 @@
 """Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
 
     python bench.py                                   # every section, a few minutes on 2 CPU cores
-    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, tokenizer, cpu
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve, tokenizer
     python bench.py --only=payoff                     # a BPE's payoff in training: minutes, apart
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
@@ -22,16 +22,21 @@ Sections:
            vocabulary, each trained for the same wall time: training tokens/s and val bits per byte.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
+  serve    serve.py under load: 1 streaming client, then 8 at once, on a 6-layer, 384-wide model:
+           tokens/s in all and per client, time to first token, replies whole or lost; 8 clients
+           batched against 1 client alone, and against 8 served one at a time (--max_batch=1).
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from contextlib import redirect_stdout
+from dataclasses import asdict
 from functools import lru_cache
 from io import StringIO
 from pathlib import Path
@@ -41,14 +46,18 @@ import numpy as np
 import torch
 
 import configurator
+from checkpoint import GPT2_META, save_checkpoint
 from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
-from measure import SHARED_DATA, build_corpus, find_gpt2_files, measure_process, python_call
+from loadtest import load_test, summary
+from measure import (ROOT, SHARED_DATA, baseline_prepare, build_corpus, find_gpt2_files, learn_directly,
+                     learn_through_prepare, measure_process, python_call)
 from model import GPT, GPTConfig, sample_logits
 
-SECTIONS = ("cpu", "train", "sample", "prepare", "tokenizer", "payoff")  # cpu's bandwidth bounds sampling
+# in this order: cpu's bandwidth bounds sampling
+SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff")
 
 BENCH_DEFAULTS = dict(
-    only="train,sample,prepare,tokenizer,cpu",  # comma-separated sections to run (payoff: on its own)
+    only="train,sample,prepare,cpu,serve,tokenizer",  # comma-separated sections to run (payoff: apart)
     quick=False,  # tiny sizes everywhere: checks that the script runs, not how fast anything is
     out="bench.json",  # where the results go
     threads=0,  # torch threads; 0 = torch's default (one per core)
@@ -58,6 +67,7 @@ BENCH_DEFAULTS = dict(
     new_tokens=500,  # tokens each decoding run generates
     corpus_mb=10.0,  # size of the prepare corpus
     num_proc=0,  # tokenizer processes for both ways of preparing it; 0 = one per core
+    serve_seconds=20.0,  # how long the clients of each serve phase keep asking
     bpe_vocab_size=8192,  # the tokenizer section's BPE
     tokenizer_corpus_mb=(10.0, 40.0),  # the corpora it learns from (the first is also tokenized)
     payoff_vocab_size=4096,  # the payoff's BPE, against GPT-2's 50,257 tokens
@@ -71,9 +81,11 @@ SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_em
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
 QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
-             bpe_vocab_size=512, tokenizer_corpus_mb=(0.2,), payoff_vocab_size=512, payoff_seconds=0.5,
-             payoff_eval_iters=1)
+             serve_seconds=0.5, bpe_vocab_size=512, tokenizer_corpus_mb=(0.2,), payoff_vocab_size=512,
+             payoff_seconds=0.5, payoff_eval_iters=1)
 QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
+QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
+SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
 
 
 # -----------------------------------------------------------------------------
@@ -281,24 +293,6 @@ def bench_prepare(cfg):
             "speedup": ours["tokens_per_s"] / base["tokens_per_s"]}
 
 
-def baseline_prepare(corpus, out_path, num_proc):
-    """The usual recipe, for comparison: a datasets.Dataset of documents, a per-document
-    tiktoken encode in datasets.map, and one np.concatenate of everything in memory."""
-    from pathlib import Path
-
-    import datasets
-    import numpy as np
-    import tiktoken
-
-    datasets.disable_progress_bars()
-    enc = tiktoken.get_encoding("gpt2")
-    docs = [d for d in Path(corpus).read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    ds = datasets.Dataset.from_dict({"text": docs})
-    tokenized = ds.map(lambda doc: {"ids": enc.encode_ordinary(doc["text"]) + [enc.eot_token]},
-                       remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
-    np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
-
-
 # -----------------------------------------------------------------------------
 # A BPE of one's own: learning it, tokenizing with it, and what it buys in training
 
@@ -312,8 +306,7 @@ def bench_tokenizer(cfg):
     with tempfile.TemporaryDirectory() as tmp:
         for mb in cfg.tokenizer_corpus_mb:  # the two ways in turn, on each corpus
             corpus, vocab = build_corpus(Path(tmp, f"{mb}.txt"), int(mb * 1e6)), Path(tmp, f"{mb}.json")
-            ours = measure_process(python_call(learn_through_prepare, str(corpus), cfg.bpe_vocab_size,
-                                               str(vocab)))
+            ours = measure_process(learn_through_prepare(corpus, cfg.bpe_vocab_size, vocab))
             alone = measure_process(python_call(learn_directly, str(corpus), cfg.bpe_vocab_size))
             learn[f"{mb:g}"] = {"prepare_py": ours, "tokenizers": alone,
                                 "time_ratio": ours["seconds"] / alone["seconds"]}
@@ -328,29 +321,6 @@ def bench_tokenizer(cfg):
                                     "mb_per_s": corpus.stat().st_size / 1e6 / run["seconds"]}
     return {"vocab_size": cfg.bpe_vocab_size, "learn": learn, "num_proc": num_proc, "tokenize": tokenize,
             "tokens_per_s_ratio": tokenize["bpe"]["tokens_per_s"] / tokenize["gpt2"]["tokens_per_s"]}
-
-
-def learn_through_prepare(corpus, vocab_size, out):
-    """prepare.py's learning step as its main runs it: its reader, its split (val: one document, so
-    that both ways learn from the same text), its call of the trainer. Writes the tokenizer.json."""
-    from pathlib import Path
-
-    import prepare
-    import sources
-
-    make_pairs, n_docs = sources.local_splits([Path(corpus)], 1e-9)
-    meta = prepare.tokenizer_meta("bpe", make_pairs, vocab_size, n_train=n_docs - 1)
-    Path(out).write_text(meta["tokenizer_json"], encoding="utf-8")
-
-
-def learn_directly(corpus, vocab_size):
-    """The `tokenizers` trainer reading the file itself, set up as tokenizer.train_bpe sets it up."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    hf = Tokenizer(models.BPE(ignore_merges=True))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    hf.train([corpus], trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
 
 
 def bench_payoff(cfg, device):
@@ -397,6 +367,45 @@ def train_for(cfg, device, data_dir):
 
 
 # -----------------------------------------------------------------------------
+# serve.py under load
+
+
+def bench_serve(cfg):
+    """serve.py, run as users run it, with the sample section's random model (GPT-2's vocabulary;
+    --quick: a tiny one with characters): 1 streaming client, 8 at once, and in full runs 8 against
+    a server with --max_batch=1 (one request at a time), in rounds taking turns as the machine drifts."""
+    shape = QUICK_SERVE_MODEL if cfg.quick else SAMPLE_MODEL
+    phases = [(8, "one_client", 1), (8, "eight_clients", 8)] + [(1, "one_at_a_time", 8)] * (not cfg.quick)
+    rounds, max_tokens = (1, 16) if cfg.quick else (4, 128)
+    env = find_gpt2_files({**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})})
+    runs = {name: [] for _, name, _ in phases}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(cfg.seed)
+        model = GPT(GPTConfig(**shape))
+        meta = {"tokenizer": "char", "chars": [chr(i) for i in range(32, 127)]} if cfg.quick else GPT2_META
+        save_checkpoint(Path(tmp, "ckpt.pt"), {"model_args": asdict(model.config), "meta": meta,
+                                               "model": model.state_dict()})
+        command = [sys.executable, "serve.py", f"--out_dir={tmp}", "--port=0", "--device=cpu"]
+        servers = {batch: subprocess.Popen(command + [f"--max_batch={batch}"], cwd=ROOT, env=env, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                   for batch in {batch for batch, _, _ in phases}}  # an idle one waits, using no CPU
+        try:
+            urls = {batch: server.stdout.readline().split(" at ")[1].split("/ ")[0]
+                    for batch, server in servers.items()}
+            for _ in range(rounds):
+                for batch, name, clients in phases:
+                    runs[name].append(load_test(urls[batch], clients, cfg.serve_seconds / rounds, max_tokens))
+        finally:
+            for server in servers.values():
+                server.terminate()
+                server.wait()
+    results = {name: summary(parts) for name, parts in runs.items()}
+    ratio = results["eight_clients"]["tokens_per_s"] / results["one_client"]["tokens_per_s"]
+    return {"model": shape, "seconds": cfg.serve_seconds, "rounds": rounds, **results,
+            "batched_over_one_client": ratio}
+
+
+# -----------------------------------------------------------------------------
 # Settings, table, main
 
 
@@ -438,7 +447,8 @@ def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
-                          ("prepare", _prepare_rows), ("tokenizer", _tokenizer_rows), ("payoff", _payoff_rows)):
+                          ("prepare", _prepare_rows), ("serve", _serve_rows), ("tokenizer", _tokenizer_rows),
+                          ("payoff", _payoff_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
@@ -484,6 +494,17 @@ def _prepare_rows(p):
     return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x")]
 
 
+def _serve_rows(s):
+    rows = [(f"{what}: tok/s in all (median per client), TTFT median/max",
+             f"{r['tokens_per_s']:.0f} ({statistics.median(r['client_tokens_per_s']):.0f}), "
+             f"{statistics.median(r['ttft_ms'] or [0]):.0f}/{max(r['ttft_ms'] or [0]):.0f} ms, "
+             f"{r['whole']}/{r['replies']} whole")
+            for key, what in (("one_client", "1 client"), ("eight_clients", "8 clients, batched"),
+                              ("one_at_a_time", "8 clients, --max_batch=1")) if (r := s.get(key))]
+    ratio = s["batched_over_one_client"]
+    return rows + [(f"8 clients batched / 1 client (target >= {SERVE_TARGET:g}x)", f"{ratio:.2f}x")]
+
+
 def _tokenizer_rows(t):
     if "skipped" in t:
         return [("skipped", t["skipped"])]
@@ -521,7 +542,8 @@ def main():
           + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
                "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
-               "tokenizer": lambda: bench_tokenizer(cfg), "payoff": lambda: bench_payoff(cfg, device)}
+               "serve": lambda: bench_serve(cfg), "tokenizer": lambda: bench_tokenizer(cfg),
+               "payoff": lambda: bench_payoff(cfg, device)}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()

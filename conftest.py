@@ -3,8 +3,8 @@ reference decode, and the helpers that run the project's scripts. `python -m pyt
 on a CPU in about a minute; each test_<file>.py proves the claims of <file>.py.
 
 Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with a reason when they
-are absent (a user's clone has no ../shared); tests that need transformers, selenium or CUDA skip
-when those are missing.
+are absent (a user's clone has no ../shared); tests that need transformers, the openai client,
+selenium or CUDA skip when those are missing.
 """
 import importlib.util
 import json
@@ -27,6 +27,7 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
 
 # the project's modules, imported once that is set
 import prepare  # noqa: E402
+import sample  # noqa: E402
 import train  # noqa: E402
 from checkpoint import save_checkpoint  # noqa: E402
 from configurator import configure  # noqa: E402
@@ -51,6 +52,8 @@ needs_gpt2_files = pytest.mark.skipif(not _gpt2_files_cached(),
                                       reason="GPT-2 BPE files not found (set TIKTOKEN_CACHE_DIR)")
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="transformers is not installed (pip install transformers)")
+needs_openai = pytest.mark.skipif(importlib.util.find_spec("openai") is None,
+                                  reason="the openai client is not installed (pip install openai)")
 
 
 # -----------------------------------------------------------------------------
@@ -64,6 +67,22 @@ def run_script(*args, env=None, input=None, timeout=120, cwd=REPO):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, input=input,
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Result:  # what run_sample returns, shaped like run_script's CompletedProcess
+    def __init__(self, stdout, stderr):
+        self.stdout, self.stderr, self.returncode = stdout, stderr, 0
+
+
+@pytest.fixture
+def run_sample(capsys, monkeypatch):
+    """Call sample.py's main in this process (no interpreter start-up): returns its stdout and stderr."""
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, args)])
+        capsys.readouterr()
+        sample.main()
+        return Result(*capsys.readouterr())
+    return run
 
 
 def assert_one_line_error(result, *needles):
@@ -180,13 +199,13 @@ def char_run(tmp_path_factory):
     return out_dir, write_checkpoint(out_dir)
 
 
-def tiny_engine(seed=0, block_size=64, tok=None, **settings):
+def tiny_engine(seed=0, block_size=64, tok=None, name="tiny", max_batch=8, max_queue=16, **settings):
     """An Engine on a tiny random model (greedy, 40 new tokens unless told otherwise)."""
     tok = tok or char_tokenizer()
     torch.manual_seed(seed)
     model = GPT(GPTConfig(block_size=block_size, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32))
     defaults = dict(temperature=0.0, top_k=None, top_p=None, max_new_tokens=40) | settings
-    return Engine(model, tok, defaults, name="tiny")
+    return Engine(model, tok, defaults, name, max_batch, max_queue)
 
 
 # -----------------------------------------------------------------------------

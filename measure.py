@@ -5,7 +5,9 @@
     python_call(function, ...)  the command that runs a function's own source in a fresh interpreter
     build_corpus(path, size)    the sample corpora of ../shared/data, repeated to about `size` bytes
 
-A library for bench.py (which imports train.py's step to time it); it runs nothing itself.
+and the programs bench.py times in a fresh interpreter: the usual datasets.map recipe (against
+prepare.py), and learning a BPE through prepare.py's code or with the `tokenizers` trainer alone. A
+library for bench.py (which imports train.py's step to time it); it runs nothing itself.
 """
 import inspect
 import itertools
@@ -102,3 +104,47 @@ def _proc_kb(path, field):
     except OSError:
         pass
     return 0
+
+
+# -----------------------------------------------------------------------------
+# Programs bench.py times in a fresh interpreter (python_call): each imports what it needs
+
+
+def baseline_prepare(corpus, out_path, num_proc):
+    """The usual recipe, for comparison: a datasets.Dataset of documents, a per-document
+    tiktoken encode in datasets.map, and one np.concatenate of everything in memory."""
+    from pathlib import Path
+
+    import datasets
+    import numpy as np
+    import tiktoken
+
+    datasets.disable_progress_bars()
+    enc = tiktoken.get_encoding("gpt2")
+    docs = [d for d in Path(corpus).read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    ds = datasets.Dataset.from_dict({"text": docs})
+    tokenized = ds.map(lambda doc: {"ids": enc.encode_ordinary(doc["text"]) + [enc.eot_token]},
+                       remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
+    np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
+
+
+def learn_through_prepare(corpus, vocab_size, out):
+    """The command that learns a BPE through prepare.py's own code, as its main does: its reader, its
+    split (val: one document, so that both ways learn from the same text), its call of the trainer;
+    then writes the tokenizer.json to `out`. A program text, run like `python prepare.py`: this
+    library does not import the script."""
+    program = ("import sys\nfrom pathlib import Path\nimport prepare, sources\n"
+               "make_pairs, n_docs = sources.local_splits([Path(sys.argv[1])], 1e-9)\n"
+               "meta = prepare.tokenizer_meta('bpe', make_pairs, int(sys.argv[2]), n_train=n_docs - 1)\n"
+               "Path(sys.argv[3]).write_text(meta['tokenizer_json'], encoding='utf-8')\n")
+    return [sys.executable, "-c", program, str(corpus), str(vocab_size), str(out)]
+
+
+def learn_directly(corpus, vocab_size):
+    """The `tokenizers` trainer reading the file itself, set up as tokenizer.train_bpe sets it up."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE(ignore_merges=True))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.train([corpus], trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))

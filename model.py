@@ -60,7 +60,10 @@ class GPTConfig:
 class KVCache:
     """The keys and values of every layer for the tokens seen so far: decoding token t then costs one
     query against t cached keys instead of recomputing all t tokens. Buffers are allocated on first
-    use, in the dtype the keys arrive in (which autocast decides)."""
+    use, in the dtype the keys arrive in (which autocast decides). All rows sit at the same position,
+    so attention's mask follows from the shapes; engine.BatchCache keeps rows at positions of their
+    own, with .pos a (B, 1) tensor and a .mask of the keys each row may see."""
+    mask = None
 
     def __init__(self, n_layer, max_len):
         self.max_len = max_len
@@ -80,20 +83,23 @@ class KVCache:
         return buf[0, :, :, :end], buf[1, :, :, :end]  # (B, nh, end, hs) each
 
 
-def explicit_attention(q, k, v, dropout_p=0.0):
-    """The slow, textbook path: softmax(q k^T / sqrt(hs)) v under a causal mask. Kept for the tests."""
+def explicit_attention(q, k, v, dropout_p=0.0, mask=None):
+    """The slow, textbook path: softmax(q k^T / sqrt(hs)) v under a causal mask (or the given one:
+    True where a query may look). Kept for the tests."""
     T, S = q.size(-2), k.size(-2)  # S >= T when earlier keys come from a KV cache
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, S)
-    # query i sits at absolute position S - T + i and may look at keys 0..S - T + i
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is None:  # query i sits at absolute position S - T + i and may look at keys 0..S - T + i
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
     att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     att = F.dropout(att, p=dropout_p)
     return att @ v  # (B, nh, T, hs)
 
 
-def fast_attention(q, k, v, dropout_p=0.0):
+def fast_attention(q, k, v, dropout_p=0.0, mask=None):
     """The same maths through torch's fused kernels (flash / memory-efficient where available)."""
     T, S = q.size(-2), k.size(-2)
+    if mask is not None:  # rows at different positions (engine.BatchCache): (B, 1, T, S)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if T == S:  # no cache, or a prefill: plain causal attention
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if T == 1:  # one new token may look at everything before it: no mask needed
@@ -141,9 +147,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
         if rope is not None:  # before caching: keys are stored rotated to their absolute positions
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        mask = None
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = tokens so far
-        y = self.attend(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+            mask = cache.mask
+        y = self.attend(q, k, v, self.dropout if self.training else 0.0, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
@@ -271,8 +279,9 @@ def filter_logits(logits, top_k=None, top_p=None):
     return logits
 
 
-def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick the next token from logits (B, V): greedy at temperature 0, else sample."""
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token from logits (B, V): greedy at temperature 0, else sample (from torch's
+    global random numbers, or the given torch.Generator's)."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
     ids = None
@@ -284,7 +293,8 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
     # the exponential race: with E_i ~ Exp(1), argmax p_i / E_i is token i with probability p_i.
     # torch.multinomial draws the same way, after validating the probabilities, which costs more than
     # the draw; the clamp keeps a (rare) E = 0 from making 0 / 0 = NaN win for a filtered-out token
-    race = torch.empty_like(probs).exponential_().clamp_(min=torch.finfo(probs.dtype).tiny)  # (B, k or V)
+    race = torch.empty_like(probs).exponential_(generator=generator)  # (B, k or V)
+    race.clamp_(min=torch.finfo(probs.dtype).tiny)
     choice = (probs / race).argmax(dim=-1, keepdim=True)  # (B, 1)
     return (choice if ids is None else ids.gather(-1, choice))[:, 0]  # (B,)
 
@@ -337,16 +347,19 @@ class GPT(nn.Module):
     def hidden_states(self, idx, cache=None):
         """Token ids (B, T) -> final normalised hidden states (B, T, C)."""
         B, T = idx.shape
+        # where the new tokens start: an int, or (B, 1) when each row has its own (engine.BatchCache)
         start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
+        if isinstance(start, int) and start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size "
                              f"{self.config.block_size}")
+        pos = start + torch.arange(T, device=idx.device)  # (T,) or (B, T)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.transformer.wpe is not None:
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C)
-        else:  # the rotations for positions start..start+T, which every attention layer applies
-            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hs/2) each
+            x = x + self.transformer.wpe(pos)  # + (T, C) or (B, T, C)
+        else:  # the rotations for these positions, which every attention layer applies
+            # (1, T, hs/2) or (B, 1, T, hs/2) each: broadcast over the heads
+            rope = self.rope_cos[pos].unsqueeze(-3), self.rope_sin[pos].unsqueeze(-3)
         x = self.transformer.drop(x)
         # gradient checkpointing keeps only each block's input for backward and recomputes the rest
         # there: activation memory of one block instead of all, for about one more forward pass

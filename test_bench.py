@@ -8,7 +8,8 @@ from conftest import SHARED, run_script
 
 def test_bench_quick_runs_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--quick", f"--out={out}", "--only=cpu,train,sample,prepare,tokenizer,payoff")
+    sections = "cpu,train,sample,prepare,serve,tokenizer,payoff"  # payoff is not a default section
+    result = run_script("bench.py", "--quick", f"--out={out}", f"--only={sections}")
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert {"device", "torch", "threads"} <= set(data["env"]), data["env"]
@@ -30,5 +31,11 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
         for name, vocab_size in (("bpe", 512), ("gpt2", 50257)):
             run = data["payoff"][name]
             assert run["vocab_size"] == vocab_size and 0 < run["val_bpb"] < 20 and run["tokens_per_s"] > 0, run
-    for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s"):
+    serve = data["serve"]  # 1 streaming client, then 8 at once, against serve.py
+    for run, clients in (("one_client", 1), ("eight_clients", 8)):
+        r = serve[run]
+        assert r["clients"] == clients and r["replies"] >= clients and r["lost"] == 0, r
+        assert r["tokens_per_s"] > 0 and len(r["ttft_ms"]) == r["whole"], r
+    assert serve["batched_over_one_client"] > 0
+    for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s", "8 clients batched / 1 client"):
         assert needle in result.stdout, result.stdout
