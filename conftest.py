@@ -6,6 +6,7 @@ Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with
 are absent (a user's clone has no ../shared); tests that need transformers, the openai client,
 selenium or CUDA skip when those are missing.
 """
+import functools
 import importlib.util
 import json
 import os
@@ -69,20 +70,30 @@ def run_script(*args, env=None, input=None, timeout=120, cwd=REPO):
                           capture_output=True, text=True, timeout=timeout)
 
 
-class Result:  # what run_sample returns, shaped like run_script's CompletedProcess
+class Result:
+    """What a script's main() printed when called in this process (run_main), shaped like
+    run_script's CompletedProcess."""
+
     def __init__(self, stdout, stderr):
         self.stdout, self.stderr, self.returncode = stdout, stderr, 0
 
 
 @pytest.fixture
-def run_sample(capsys, monkeypatch):
-    """Call sample.py's main in this process (no interpreter start-up): returns its stdout and stderr."""
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, args)])
+def run_main(capsys, monkeypatch):
+    """Call a script's main() in this process (no interpreter start-up), as `python script.py *args`
+    would: returns a Result with its stdout and stderr. A UserError propagates."""
+    def run(script, *args):
+        monkeypatch.setattr(sys, "argv", [f"{script.__name__}.py", *map(str, args)])
         capsys.readouterr()
-        sample.main()
+        script.main()
         return Result(*capsys.readouterr())
     return run
+
+
+@pytest.fixture
+def run_sample(run_main):
+    """sample.py's main() in this process: returns its stdout and stderr."""
+    return lambda *args: run_main(sample, *args)
 
 
 def assert_one_line_error(result, *needles):
@@ -165,17 +176,23 @@ def bpe_text(n_sentences=300, seed=0):
     return "\n".join(" ".join(rng.choice(BPE_WORDS, size=8)) for _ in range(n_sentences))
 
 
-@pytest.fixture(scope="session")
-def tiny_bpe():
-    """A 400-token byte-level BPE (tokenizer.BPETokenizer) learned from bpe_text(), in a few tens of
-    milliseconds: tests of BPE datasets, checkpoints and decoding need no GPT-2 files. Its meta
-    fields: tokenizer.tokenizer_fields(tiny_bpe)."""
+@functools.lru_cache(maxsize=None)
+def _tiny_bpe():
     return train_bpe(bpe_text().splitlines(), 400, show_progress=False)
 
 
-def bpe_meta(tok, name="bpe"):
-    """A dataset meta for a BPE tokenizer, as data.read_meta returns it (tokenizer_json included)."""
-    return {"name": name, **tokenizer_fields(tok)}
+@pytest.fixture(scope="session")
+def tiny_bpe():
+    """A 400-token byte-level BPE (tokenizer.BPETokenizer) learned from bpe_text(), in a few tens of
+    milliseconds: tests of BPE datasets, checkpoints and decoding need no GPT-2 files. Its meta:
+    bpe_meta(tiny_bpe)."""
+    return _tiny_bpe()
+
+
+def bpe_meta(tok=None):
+    """The meta of a BPE tokenizer (tiny_bpe's by default) as prepare.py --tokenizer=bpe records it
+    and data.read_meta returns it: the tokenizer.json's text inside."""
+    return tokenizer_fields(tok or _tiny_bpe())
 
 
 def write_checkpoint(out_dir, meta=CHAR_META, model=None, seed=0, **config):
@@ -240,16 +257,18 @@ def data_dir(tmp_path):
     return tmp_path / "tiny"
 
 
-def make_bpe_dataset(folder, tok, text=None, name="bpe", **options):
+def make_bpe_dataset(folder, tok, text=None, name="bpe", tokenizer=None, **options):
     """A dataset prepared by prepare.py's own code with the BPE `tok` (reused from its tokenizer.json,
-    written beside) from `text` (default: bpe_text(), one document per line); returns its folder."""
+    written beside, or from `tokenizer`: what prepare.py --tokenizer takes) from `text` (default:
+    bpe_text(), one document per line); returns its folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.tokenizer.json").write_text(tok.json, encoding="utf-8")
+    if tokenizer is None:
+        tokenizer = folder / f"{name}.tokenizer.json"
+        tokenizer.write_text(tok.json, encoding="utf-8")
     src = folder / f"{name}.txt"
     src.write_text(bpe_text().replace("\n", "\n\n") if text is None else text, encoding="utf-8")
-    prepare.prepare_files([src], folder / name, str(folder / f"{name}.tokenizer.json"), num_proc=1,
-                          **options)
+    prepare.prepare_files([src], folder / name, str(tokenizer), num_proc=1, **options)
     return folder / name
 
 

@@ -34,6 +34,7 @@ class GPTConfig:
     pos_emb: str = "learned"  # 'learned' (a table of positions) or 'rope' (rotary, see apply_rope)
     rope_base: float = 10000.0  # RoPE's slowest rotation turns once every ~2*pi*rope_base positions
     mlp: str = "gelu"  # 'gelu' (GPT-2) or 'swiglu' (see SwiGLU)
+    mlp_hidden: int = 0  # the feed-forward layer's hidden width; 0: 4C for GELU, ~8C/3 for SwiGLU
     norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm' (see make_norm)
     n_expert: int = 0  # 0: one dense MLP per block; E >= 1: a mixture of E expert MLPs (see MoE)
     n_expert_active: int = 2  # k: experts each token is sent to
@@ -175,27 +176,36 @@ def make_mlp(config, experts=True):
     return SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
 
+def hidden_width(config, mlp):
+    """The hidden width of a feed-forward layer of kind `mlp`: mlp_hidden if set, else 4C for GELU
+    (GPT-2), and for SwiGLU ~8C/3, which keeps its three matrices at the parameters of GELU's two,
+    rounded up to a multiple of 64, which matmul kernels run faster (384 -> 1024, 512 -> 1408)."""
+    if config.mlp_hidden:
+        return config.mlp_hidden
+    return -(-8 * config.n_embd // 3 // 64) * 64 if mlp == "swiglu" else 4 * config.n_embd
+
+
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = hidden_width(config, "gelu")
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         # GPT-2 used the tanh approximation of GELU; matching it keeps Hugging Face logits identical
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, hidden) inside, (B, T, C) out
 
 
 class SwiGLU(nn.Module):
     """SwiGLU (GLU Variants Improve Transformer, Shazeer 2020): silu(x W_gate) * (x W_up), then W_down.
-    Three matrices instead of two, so the hidden width shrinks from 4C to ~8C/3 to keep the parameter
-    count; rounded up to a multiple of 64, which matmul kernels run faster."""
+    Three matrices instead of two, so the hidden width shrinks from 4C to ~8C/3 (hidden_width)."""
 
     def __init__(self, config):
         super().__init__()
-        hidden = -(-8 * config.n_embd // 3 // 64) * 64  # e.g. 384 -> 1024, 512 -> 1408
+        hidden = hidden_width(config, "swiglu")
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # gate and up at once
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

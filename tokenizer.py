@@ -20,6 +20,7 @@ import sys
 from configurator import UserError
 
 EOT_TEXT = "<|endoftext|>"
+GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}  # GPT-2's, as a meta records it
 BPE_EOT_ID = 0  # a learned BPE's <|endoftext|>: id 0 whatever the vocabulary size, then 256 bytes
 
 
