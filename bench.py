@@ -1,7 +1,8 @@
 """Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
 
     python bench.py                                   # every section, a few minutes on 2 CPU cores
-    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve, tokenizer
+    python bench.py --only=payoff                     # a BPE's payoff in training: minutes, apart
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
 
@@ -17,6 +18,11 @@ Sections:
   prepare  tokens/s and peak memory of `prepare.py --input=...` on a ~10 MB corpus built from
            ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate;
            and the peak memory of the same text as one document on one line, and of 4 times it.
+  tokenizer  learning a BPE through prepare.py's code against the `tokenizers` trainer on the file,
+           time and peak memory on 10 and 40 MB corpora; then prepare.py's tokens/s with that BPE
+           against GPT-2's (tiktoken), on the same text and processes.
+  payoff   the CPU recipe's model on the TinyStories sample with a 4,096-token BPE and with GPT-2's
+           vocabulary, each trained for the same wall time: training tokens/s and val bits per byte.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
   serve    serve.py under load: 1 streaming client, then 8 at once, on a 6-layer, 384-wide model:
@@ -25,9 +31,6 @@ Sections:
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
 import copy
-import importlib.util
-import inspect
-import itertools
 import json
 import os
 import platform
@@ -35,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import redirect_stdout
 from dataclasses import asdict
@@ -51,19 +53,16 @@ import configurator
 from checkpoint import GPT2_META, save_checkpoint
 from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
 from loadtest import load_test, summary
+from measure import (ROOT, SHARED_DATA, baseline_prepare, build_corpus, decode_with_hf, find_gpt2_files,
+                     hugging_face_copy, learn_directly, learn_through_prepare, measure_process, python_call)
 from model import GPT, GPTConfig, sample_logits
 from tokenizer import load_tokenizer
 
-ROOT = Path(__file__).resolve().parent
-SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
-SHARED_DATA = SHARED / "data"
-# tiktoken finds GPT-2's BPE files offline in ../shared/tiktoken, unless the environment names a cache
-if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
-SECTIONS = ("cpu", "train", "sample", "prepare", "serve")  # in this order: cpu's bandwidth bounds sampling
+# in this order: cpu's bandwidth bounds sampling
+SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff")
 
 BENCH_DEFAULTS = dict(
-    only="train,sample,prepare,cpu,serve",  # comma-separated sections to run
+    only="train,sample,prepare,cpu,serve,tokenizer",  # comma-separated sections to run (payoff: apart)
     quick=False,  # tiny sizes everywhere: checks that the script runs, not how fast anything is
     out="bench.json",  # where the results go
     threads=0,  # torch threads; 0 = torch's default (one per core)
@@ -74,6 +73,11 @@ BENCH_DEFAULTS = dict(
     corpus_mb=10.0,  # size of the prepare corpus
     num_proc=0,  # tokenizer processes for both ways of preparing it; 0 = one per core
     serve_seconds=20.0,  # how long the clients of each serve phase keep asking
+    bpe_vocab_size=8192,  # the tokenizer section's BPE
+    tokenizer_corpus_mb=(10.0, 40.0),  # the corpora it learns from (the first is also tokenized)
+    payoff_vocab_size=4096,  # the payoff's BPE, against GPT-2's 50,257 tokens
+    payoff_seconds=120.0,  # training time for each of the two models
+    payoff_eval_iters=20,  # batches per evaluation (ten of them, spread over the time, not counted)
 )
 # The CPU shakespeare_char recipe from the README, on top of train.py's defaults.
 TRAIN_RECIPE = dict(device="auto", dtype="auto", compile=False, block_size=64, batch_size=12, n_layer=4,
@@ -82,7 +86,8 @@ SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_em
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
 QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
-             serve_seconds=0.5)
+             serve_seconds=0.5, bpe_vocab_size=512, tokenizer_corpus_mb=(0.2,), payoff_vocab_size=512,
+             payoff_seconds=0.5, payoff_eval_iters=1)
 QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
 QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
 SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
@@ -218,19 +223,6 @@ def bench_sample(cfg, device):
             "targets": {} if cfg.quick else DECODING_TARGETS}
 
 
-def hugging_face_copy(model):
-    """transformers' GPT2LMHeadModel with the model's weights, saved and loaded as a user would; None
-    without transformers."""
-    if importlib.util.find_spec("transformers") is None:
-        return None
-    import hf
-    from transformers import GPT2LMHeadModel
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(model, tmp)
-        return GPT2LMHeadModel.from_pretrained(tmp).eval()
-
-
 def time_decoding(model, idx, cache, n, settings, seed, repeats):
     """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike.
     cache: True (GPT.generate_stream), False (a full forward per token) or "hf" (transformers)."""
@@ -252,13 +244,6 @@ def decode_with_cache(model, idx, n, temperature, top_k, top_p):
     """n new tokens through the KV cache: what sample.py does."""
     for _ in model.generate_stream(idx, n, temperature, top_k or None, top_p):
         pass
-
-
-@torch.inference_mode()
-def decode_with_hf(model, idx, n, temperature, top_k, top_p):
-    """n new tokens through Hugging Face's generate with its KV cache, sampling alike (no early stop)."""
-    model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, min_new_tokens=n, do_sample=True,
-                   temperature=temperature, top_k=top_k or None, top_p=top_p, use_cache=True, pad_token_id=0)
 
 
 @torch.no_grad()
@@ -305,6 +290,7 @@ def bench_prepare(cfg):
     """prepare.py against the usual datasets.map recipe, each as a subprocess, on the same corpus."""
     if not SHARED_DATA.is_dir():
         return {"skipped": f"no sample corpora at {SHARED_DATA}"}
+    find_gpt2_files(os.environ)
     try:  # both ways tokenize with GPT-2's BPE
         load_tokenizer({"tokenizer": "gpt2"})
     except UserError as e:
@@ -317,10 +303,8 @@ def bench_prepare(cfg):
         meta = json.loads((out_dir / "bench" / "meta.json").read_text())
         ours["tokens"] = meta["train_tokens"] + meta["val_tokens"]
         baseline_out = Path(tmp, "baseline.bin")
-        # the function's own source, run in a fresh interpreter that never imports torch (as bench does)
-        call = f"baseline_prepare({str(corpus)!r}, {str(baseline_out)!r}, {num_proc})"
-        code = f"{inspect.getsource(baseline_prepare)}\n{call}"
-        base = measure_process([sys.executable, "-c", code], env={"HF_DATASETS_CACHE": tmp})
+        base = measure_process(python_call(baseline_prepare, str(corpus), str(baseline_out), num_proc),
+                               env={"HF_DATASETS_CACHE": tmp})
         base["tokens"] = baseline_out.stat().st_size // 2
         corpus_mb = corpus.stat().st_size / 1e6
         # one document on one line, of the corpus' size and of 4 times it: memory should not grow
@@ -335,91 +319,77 @@ def bench_prepare(cfg):
             "one_document_over_documents_peak": one["1x"]["peak_rss_mb"] / ours["peak_rss_mb"]}
 
 
-def build_corpus(path, size, one_line=False):
-    """Copies of the shared sample corpora, concatenated to about `size` bytes: documents separated
-    by blank lines, or (one_line) a single document on a single line."""
-    texts = [p.read_text(encoding="utf-8") for p in sorted(SHARED_DATA.glob("*.txt"))]
-    written = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for text in itertools.cycle(texts):
-            if written >= size:
-                return path
-            text = text[:size - written] + "\n\n"
-            text = " ".join(text.split("\n")) if one_line else text
-            f.write(text)
-            written += len(text.encode("utf-8"))
+# -----------------------------------------------------------------------------
+# A BPE of one's own: learning it, tokenizing with it, and what it buys in training
 
 
-def baseline_prepare(corpus, out_path, num_proc):
-    """The usual recipe, for comparison: a datasets.Dataset of documents, a per-document
-    tiktoken encode in datasets.map, and one np.concatenate of everything in memory."""
-    from pathlib import Path
-
-    import datasets
-    import numpy as np
-    import tiktoken
-
-    datasets.disable_progress_bars()
-    enc = tiktoken.get_encoding("gpt2")
-    docs = [d for d in Path(corpus).read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    ds = datasets.Dataset.from_dict({"text": docs})
-    tokenized = ds.map(lambda doc: {"ids": enc.encode_ordinary(doc["text"]) + [enc.eot_token]},
-                       remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
-    np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
-
-
-def measure_process(command, env=None):
-    """Run a command in the repo; its wall time and peak memory, polled from /proc: the largest
-    single process's RSS, and the whole tree's PSS (shared pages counted once) for worker pools."""
-    env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peaks = {"rss": 0, "pss": 0}
-    poller = threading.Thread(target=_poll_memory, args=(proc, peaks), daemon=True)
-    t0 = time.perf_counter()
-    poller.start()
-    _, err = proc.communicate()
-    seconds = time.perf_counter() - t0
-    poller.join()
-    if proc.returncode != 0:
-        last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
-        raise UserError(f"{' '.join(command[:3])} failed: {last}")
-    return {"seconds": seconds, "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_total_mb": peaks["pss"] / 1e6}
+def bench_tokenizer(cfg):
+    """Learning a BPE through prepare.py's code against the trainer alone (time, peak memory), on
+    growing corpora; then prepare.py with that BPE against prepare.py with GPT-2's, same text."""
+    if not SHARED_DATA.is_dir():
+        return {"skipped": f"no sample corpora at {SHARED_DATA}"}
+    num_proc, learn, tokenize = cfg.num_proc or os.cpu_count(), {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mb in cfg.tokenizer_corpus_mb:  # the two ways in turn, on each corpus
+            corpus, vocab = build_corpus(Path(tmp, f"{mb}.txt"), int(mb * 1e6)), Path(tmp, f"{mb}.json")
+            ours = measure_process(learn_through_prepare(corpus, cfg.bpe_vocab_size, vocab))
+            alone = measure_process(python_call(learn_directly, str(corpus), cfg.bpe_vocab_size))
+            learn[f"{mb:g}"] = {"prepare_py": ours, "tokenizers": alone,
+                                "time_ratio": ours["seconds"] / alone["seconds"]}
+        first = cfg.tokenizer_corpus_mb[0]
+        corpus = Path(tmp, f"{first}.txt")
+        for name, tokenizer in (("gpt2", "gpt2"), ("bpe", Path(tmp, f"{first}.json"))):
+            run = measure_process([sys.executable, "prepare.py", f"--input={corpus}", f"--out_dir={tmp}",
+                                   f"--tokenizer={tokenizer}", f"--name={name}", f"--num_proc={num_proc}"])
+            meta = json.loads(Path(tmp, name, "meta.json").read_text())
+            tokens = meta["train_tokens"] + meta["val_tokens"]
+            tokenize[name] = run | {"tokens_per_s": tokens / run["seconds"],
+                                    "mb_per_s": corpus.stat().st_size / 1e6 / run["seconds"]}
+    return {"vocab_size": cfg.bpe_vocab_size, "learn": learn, "num_proc": num_proc, "tokenize": tokenize,
+            "tokens_per_s_ratio": tokenize["bpe"]["tokens_per_s"] / tokenize["gpt2"]["tokens_per_s"]}
 
 
-def _poll_memory(proc, peaks, interval=0.01):
-    while proc.poll() is None:
-        rss, pss = 0, 0
-        for pid in _process_tree(proc.pid):
-            rss = max(rss, _proc_kb(f"/proc/{pid}/status", "VmRSS:") * 1024)
-            pss += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
-        peaks["rss"], peaks["pss"] = max(peaks["rss"], rss), max(peaks["pss"], pss)
-        time.sleep(interval)
+def bench_payoff(cfg, device):
+    """The CPU recipe's model on the TinyStories sample, with a BPE of payoff_vocab_size tokens and
+    with GPT-2's vocabulary: each trained for payoff_seconds, then training tokens/s and val bits per
+    byte (ten evaluations spread over the time: the last and the best)."""
+    sample = SHARED_DATA / "tinystories_sample.txt"
+    if not sample.is_file():
+        return {"skipped": f"no {sample}"}
+    find_gpt2_files(os.environ)  # train.py's bits per byte reads GPT-2's BPE files in this process
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, flags in (("bpe", ["--tokenizer=bpe", f"--vocab_size={cfg.payoff_vocab_size}"]),
+                            ("gpt2", ["--tokenizer=gpt2"])):
+            measure_process([sys.executable, "prepare.py", f"--input={sample}", f"--out_dir={tmp}",
+                             f"--name={name}", "--num_proc=1", *flags])
+            runs[name] = train_for(cfg, device, Path(tmp, name))
+    return {"seconds_each": cfg.payoff_seconds, **runs,
+            "tokens_per_s_ratio": runs["bpe"]["tokens_per_s"] / runs["gpt2"]["tokens_per_s"]}
 
 
-def _process_tree(pid):
-    """pid and all its descendants (Linux /proc)."""
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += map(int, Path(f"/proc/{p}/task/{task}/children").read_text().split())
-        except OSError:  # exited meanwhile
-            pass
-    return tree
+def train_for(cfg, device, data_dir):
+    """train.py's step on data_dir for cfg.payoff_seconds (constant learning rate 1e-3)."""
+    import train
 
-
-def _proc_kb(path, field):
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    tcfg = SimpleNamespace(**{k: getattr(cfg, k) for k in train.DEFAULTS} | dict(
+        data_dir=str(data_dir), out_dir=str(data_dir / "out"), init_from="scratch", eval_only=False,
+        wandb_log=False, device=device, learning_rate=1e-3, decay_lr=False, eval_iters=cfg.payoff_eval_iters))
+    with redirect_stdout(StringIO()):
+        rt = train.setup(tcfg)
+        run = train.prepare_run(tcfg, rt)
+    trained, iters, curve = 0.0, 0, []
+    for check in range(1, 11):
+        while trained < cfg.payoff_seconds * check / 10:
+            starts = run.splits["train"].starts(run.batch_rng, (rt.accum, tcfg.batch_size))  # (accum, B)
+            t0 = time.perf_counter()
+            train.train_step(run, starts, tcfg, rt, want_loss=True).item()  # .item() waits for the device
+            trained, iters = trained + time.perf_counter() - t0, iters + 1
+        val = {"val": run.splits["val"]}
+        curve.append(train.evaluate(run.eval_model, val, tcfg, rt, run.bytes_of)[1]["val"])
+    return {"params": run.raw_model.get_num_params(), "vocab_size": run.raw_model.config.vocab_size,
+            "iters": iters, "tokens_per_s": iters * run.tokens_per_iter / trained, "val_bpb": curve[-1],
+            "best_val_bpb": min(curve), "val_bpb_curve": curve}
 
 
 # -----------------------------------------------------------------------------
@@ -433,7 +403,7 @@ def bench_serve(cfg):
     shape = QUICK_SERVE_MODEL if cfg.quick else SAMPLE_MODEL
     phases = [(8, "one_client", 1), (8, "eight_clients", 8)] + [(1, "one_at_a_time", 8)] * (not cfg.quick)
     rounds, max_tokens = (1, 16) if cfg.quick else (4, 128)
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})}
+    env = find_gpt2_files({**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})})
     runs = {name: [] for _, name, _ in phases}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.seed)
@@ -503,11 +473,12 @@ def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
-                          ("prepare", _prepare_rows), ("serve", _serve_rows)):
+                          ("prepare", _prepare_rows), ("serve", _serve_rows), ("tokenizer", _tokenizer_rows),
+                          ("payoff", _payoff_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
-    return "\n".join(f"{name:<8} {figure:<{width}}  {value}" for name, figure, value in rows)
+    return "\n".join(f"{name:<9} {figure:<{width}}  {value}" for name, figure, value in rows)
 
 
 def _cpu_rows(c):
@@ -572,6 +543,31 @@ def _serve_rows(s):
     return rows + [(f"8 clients batched / 1 client (target >= {SERVE_TARGET:g}x)", f"{ratio:.2f}x")]
 
 
+def _tokenizer_rows(t):
+    if "skipped" in t:
+        return [("skipped", t["skipped"])]
+    rows = []
+    for mb, r in t["learn"].items():
+        ours, alone = r["prepare_py"], r["tokenizers"]
+        rows.append((f"learn {t['vocab_size']:,} BPE, {mb} MB: prepare.py / trainer alone",
+                     f"{r['time_ratio']:.2f}x ({ours['seconds']:.1f} / {alone['seconds']:.1f} s), peak "
+                     f"{ours['peak_rss_mb']:.0f} / {alone['peak_rss_mb']:.0f} MB"))
+    bpe, gpt2 = t["tokenize"]["bpe"], t["tokenize"]["gpt2"]
+    speeds = f"{bpe['tokens_per_s']:,.0f} / {gpt2['tokens_per_s']:,.0f} tok/s"
+    rates = f"{bpe['mb_per_s']:.1f} / {gpt2['mb_per_s']:.1f} MB/s"
+    return rows + [(f"prepare.py tokens/s, BPE / GPT-2 ({t['num_proc']} processes)",
+                    f"{t['tokens_per_s_ratio']:.2f}x ({speeds}; {rates})")]
+
+
+def _payoff_rows(p):
+    if "skipped" in p:
+        return [("skipped", p["skipped"])]
+    rows = [(f"{name}, {r['vocab_size']:,} tokens, {r['params'] / 1e6:.2f}M params, {p['seconds_each']:.0f} s",
+             f"{r['tokens_per_s']:,.0f} tok/s, val {r['val_bpb']:.3f} bits/byte (best {r['best_val_bpb']:.3f})")
+            for name, r in (("BPE", p["bpe"]), ("GPT-2", p["gpt2"]))]
+    return rows + [("training tokens/s, BPE / GPT-2", f"{p['tokens_per_s_ratio']:.1f}x")]
+
+
 def main():
     cfg, only = settings(sys.argv[1:])
     if cfg.threads > 0:
@@ -584,7 +580,8 @@ def main():
           + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
                "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
-               "serve": lambda: bench_serve(cfg)}
+               "serve": lambda: bench_serve(cfg), "tokenizer": lambda: bench_tokenizer(cfg),
+               "payoff": lambda: bench_payoff(cfg, device)}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()

@@ -10,7 +10,8 @@ from conftest import GPT2_FILES, SHARED, may_use_gpt2_files, run_script
 @may_use_gpt2_files  # its prepare section tokenizes with GPT-2's BPE, and skips without the files
 def test_bench_quick_runs_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--quick", f"--out={out}")
+    sections = "cpu,train,sample,prepare,serve,tokenizer,payoff"  # payoff is not a default section
+    result = run_script("bench.py", "--quick", f"--out={out}", f"--only={sections}")
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert {"device", "torch", "threads"} <= set(data["env"]), data["env"]
@@ -30,6 +31,12 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
             assert p["tokens"] > 0 and p["tokens_per_s"] > 0 and p["peak_rss_mb"] > 0, data["prepare"]
         ours, theirs = data["prepare"]["prepare_py"]["tokens"], data["prepare"]["datasets_map"]["tokens"]
         assert abs(ours - theirs) < 0.01 * ours, f"the two ways tokenized {ours} and {theirs} tokens"
+        learned = data["tokenizer"]["learn"]["0.2"]
+        assert learned["prepare_py"]["seconds"] > 0 and learned["tokenizers"]["peak_rss_mb"] > 0, learned
+        assert data["tokenizer"]["tokenize"]["bpe"]["tokens_per_s"] > 0, data["tokenizer"]
+        for name, vocab_size in (("bpe", 512), ("gpt2", 50257)):
+            run = data["payoff"][name]
+            assert run["vocab_size"] == vocab_size and 0 < run["val_bpb"] < 20 and run["tokens_per_s"] > 0, run
     serve = data["serve"]  # 1 streaming client, then 8 at once, against serve.py
     for run, clients in (("one_client", 1), ("eight_clients", 8)):
         r = serve[run]
