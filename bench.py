@@ -1,14 +1,17 @@
 """Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
 
     python bench.py                                   # every section, a few minutes on 2 CPU cores
-    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, gpu
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
+    python bench.py --only=gpu                        # the GPU check, minutes on a CUDA machine (below)
 
 Sections:
-  train    ms/iter, tokens/s and MFU of train.py's own training step (train.train_step) on a
-           synthetic dataset, after warm-up, median of several iterations. Default: the CPU
-           shakespeare_char recipe (block 64, batch 12, 4 layers, 4 heads, 128 wide, vocab 65).
+  train    ms/iter, tokens/s, MFU and peak memory of `python train.py` as users run it, on a
+           synthetic dataset: the medians of what its log.jsonl says over the timed iterations after
+           warm-up. Default: the CPU shakespeare_char recipe (block 64, batch 12, 4 layers, 4 heads,
+           128 wide, vocab 65); config files (--config=FILE) and train.py's --key=value settings
+           are handed on to train.py.
   sample   decoding tokens/s of a 6-layer, 384-wide GPT-2-vocabulary model for 500 new tokens,
            with the KV cache (GPT.generate_stream, what sample.py runs) and without it (a full
            forward over the context for every token), batch 1 and 8, same weights and seed.
@@ -16,6 +19,8 @@ Sections:
            ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
+  gpu      not run by default: GPT-2 124M training MFU, GPU decoding, and the shakespeare_char GPU
+           recipe's time to val 1.47 with AdamW and with Muon (see "The GPU check" below).
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
 import inspect
@@ -23,29 +28,23 @@ import itertools
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from contextlib import redirect_stdout
-from functools import lru_cache
-from io import StringIO
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 import configurator
-from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
-from model import GPT, GPTConfig, sample_logits
+from configurator import UserError, device_peak_flops, measured_matmul_flops, pick_device, pick_dtype
+from measure import (SHARED, first_at_target, measure_process, memory_bandwidth, time_decoding, time_to_target,
+                     timed, train_speed, watch_training, write_random_dataset)
+from model import GPT, GPTConfig
 
-ROOT = Path(__file__).resolve().parent
-SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
 SHARED_DATA = SHARED / "data"
-SECTIONS = ("cpu", "train", "sample", "prepare")  # run in this order: cpu's bandwidth bounds sampling
+# run in this order: cpu's bandwidth bounds sampling
+SECTIONS = ("cpu", "train", "sample", "prepare", "gpu")
 
 BENCH_DEFAULTS = dict(
     only="train,sample,prepare,cpu",  # comma-separated sections to run
@@ -58,10 +57,17 @@ BENCH_DEFAULTS = dict(
     new_tokens=500,  # tokens each decoding run generates
     corpus_mb=10.0,  # size of the prepare corpus
     num_proc=0,  # tokenizer processes for both ways of preparing it; 0 = one per core
+    device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
+    dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', ...
+    seed=1337,
+    shakespeare_dir="data/shakespeare_char",  # the gpu section's recipe data: python prepare.py shakespeare_char
+    gpu_budget_s=480.0,  # the gpu section's parts are capped at shares of this (GPU_SHARES)
 )
-# The CPU shakespeare_char recipe from the README, on top of train.py's defaults.
-TRAIN_RECIPE = dict(device="auto", dtype="auto", compile=False, block_size=64, batch_size=12, n_layer=4,
-                    n_head=4, n_embd=128, dropout=0.0, gradient_accumulation_steps=1)
+# The CPU shakespeare_char recipe from the README, on top of train.py's defaults (a config file that
+# train.py reads first: the user's config files and flags come after it and win).
+TRAIN_RECIPE = dict(compile=False, block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                    gradient_accumulation_steps=1)
+QUICK_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32"]  # train.py flags for --quick
 SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
@@ -74,78 +80,18 @@ QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, 
 
 
 def bench_train(cfg, device):
-    """Time train.py's step on the configured model, reading batches from a synthetic dataset."""
-    import train
-
+    """`python train.py` on the configured model and a synthetic dataset, as users run it."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_random_dataset(tmp, cfg.vocab_size, n_tokens=max(100_000, 4 * cfg.block_size))
-        tcfg = SimpleNamespace(**{k: getattr(cfg, k) for k in train.DEFAULTS} | dict(
-            data_dir=tmp, out_dir=os.path.join(tmp, "out"), init_from="scratch", eval_only=False,
-            wandb_log=False, device=device))
-        with redirect_stdout(StringIO()):  # train.py's config printout
-            rt = train.setup(tcfg)
-            run = train.prepare_run(tcfg, rt)
-        times = []
-        for i in range(cfg.warmup_iters + cfg.timed_iters):
-            starts = run.splits["train"].starts(run.batch_rng, (rt.accum, cfg.batch_size))  # (accum, B)
-            t0 = time.perf_counter()
-            train.train_step(run, starts, tcfg, rt, want_loss=True).item()  # .item() waits for the device
-            if i >= cfg.warmup_iters:
-                times.append(time.perf_counter() - t0)
-        peak_mb = step_peak_memory_mb(lambda: train.train_step(run, starts, tcfg, rt, want_loss=True).item(),
-                                      rt.device)
-    dt = statistics.median(times)
-    model = run.raw_model
-    return {"step": "train.train_step", "ms_per_iter": dt * 1000, "tokens_per_s": run.tokens_per_iter / dt,
-            "mfu": model.flops_per_token() * run.tokens_per_iter / dt / rt.peak_flops, "timed_iters": cfg.timed_iters,
-            "warmup_iters": cfg.warmup_iters, "dtype": rt.dtype, "compile": rt.compile,
-            "params": model.get_num_params(), "tokens_per_iter": run.tokens_per_iter,
-            "step_peak_memory_mb": peak_mb,
-            "model": {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                                   "gradient_accumulation_steps", "dropout", "bias")}
-            | {"vocab_size": model.config.vocab_size}, "variants": variant_settings(model.config)}
-
-
-def step_peak_memory_mb(step, device):
-    """Peak memory one call of step() allocates above what was held before it (activations, gradients,
-    optimizer temporaries): CUDA's allocator counters, or on a CPU, which has none, the running total
-    of the allocations and frees torch's profiler records. None on other devices."""
-    if device.startswith("cuda"):
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        return (torch.cuda.max_memory_allocated(device) - base) / 1e6
-    if device != "cpu":
-        return None
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        step()
-    total = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        total += event.self_cpu_memory_usage  # + bytes allocated, - bytes freed, by this op alone
-        peak = max(peak, total)
-    return peak / 1e6
-
-
-def variant_settings(config):
-    """The model variants (model.py) that differ from GPT-2's defaults, e.g. {"pos_emb": "rope"}."""
-    default = GPTConfig()
-    keys = ("pos_emb", "mlp", "norm", "n_expert", "n_expert_active", "grad_checkpoint")
-    return {k: getattr(config, k) for k in keys if getattr(config, k) != getattr(default, k)}
-
-
-def write_random_dataset(data_dir, vocab_size, n_tokens):
-    """train.bin, val.bin and meta.json as prepare.py writes them, holding random tokens."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        rng.integers(0, vocab_size, n_tokens, dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
-    if vocab_size <= 256:  # a character vocabulary like shakespeare_char's
-        meta = {"tokenizer": "char", "chars": [chr(32 + i) for i in range(vocab_size)], "eot_token": None}
-    else:
-        meta = {"tokenizer": "gpt2", "eot_token": 50256}
-    meta |= {"name": "bench", "vocab_size": vocab_size, "dtype": "uint16", "train_tokens": n_tokens,
-             "val_tokens": n_tokens, "source": "random", "command": "bench.py"}
-    Path(data_dir, "meta.json").write_text(json.dumps(meta))
+        write_random_dataset(tmp, cfg.vocab_size, n_tokens=1_000_000)
+        recipe = Path(tmp, "recipe.py")
+        recipe.write_text("".join(f"{k} = {v!r}\n" for k, v in TRAIN_RECIPE.items()))
+        args = [recipe, *cfg.train_args, *(QUICK_MODEL if cfg.quick else []), f"--device={device}",
+                f"--dtype={cfg.dtype}", f"--data_dir={tmp}"]
+        result = train_speed(args, Path(tmp, "out"), cfg.warmup_iters, cfg.timed_iters, env=train_env(cfg))
+    flags = [a.removeprefix("--").partition("=") for a in cfg.train_args + (QUICK_MODEL if cfg.quick else [])]
+    settings = TRAIN_RECIPE | {key: value or "True" for key, _, value in flags if key}  # config files aside
+    return {"command": " ".join(["train.py", *cfg.train_args]), "settings": settings, "dtype": cfg.dtype,
+            **result}
 
 
 # -----------------------------------------------------------------------------
@@ -189,38 +135,6 @@ def bench_sample(cfg, device):
             "cache_batch1_share_of_bound": runs["cache_batch1"]["tokens_per_s"] / bound}
 
 
-def time_decoding(model, idx, n, cache, settings, seed, repeats):
-    """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike."""
-    decode = decode_with_cache if cache else decode_without_cache
-    decode(model, idx, 2, **settings)  # warm-up: first-call allocations
-    seconds = []
-    for _ in range(repeats):
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        decode(model, idx, n, **settings)
-        if idx.is_cuda:
-            torch.cuda.synchronize()  # the last tokens may still be in flight
-        seconds.append(time.perf_counter() - t0)
-    dt = statistics.median(seconds)
-    return {"tokens_per_s": idx.size(0) * n / dt, "seconds": dt, "batch": idx.size(0), "runs_s": seconds}
-
-
-def decode_with_cache(model, idx, n, temperature, top_k, top_p):
-    """n new tokens through the KV cache: what sample.py does."""
-    for _ in model.generate_stream(idx, n, temperature, top_k or None, top_p):
-        pass
-
-
-@torch.no_grad()
-def decode_without_cache(model, idx, n, temperature, top_k, top_p):
-    """n new tokens the slow way: every token runs the whole (cropped) context through the model."""
-    for _ in range(n):
-        logits, _ = model(idx[:, -model.config.block_size:])  # (B, 1, V)
-        next_token = sample_logits(logits[:, -1], temperature, top_k or None, top_p)  # (B,)
-        idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
-    return idx
-
-
 # -----------------------------------------------------------------------------
 # CPU (or device) peaks
 
@@ -230,21 +144,6 @@ def bench_cpu(cfg, device):
     dtype = "float32"
     return {"matmul_gflops": measured_matmul_flops(device, dtype, n=n) / 1e9, "matmul_n": n,
             "matmul_dtype": dtype, "memory_gb_s": memory_bandwidth(device, cfg.quick) / 1e9}
-
-
-@lru_cache(maxsize=None)
-def memory_bandwidth(device, quick=False):
-    """Bytes per second read by a sum over a tensor larger than the caches, best of several: the
-    speed at which weights can stream in (decoding reads them, and writes next to nothing)."""
-    data = torch.ones((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
-    best = float("inf")
-    for _ in range(3 if quick else 10):
-        t0 = time.perf_counter()
-        data.sum()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return data.numel() * data.element_size() / best
 
 
 # -----------------------------------------------------------------------------
@@ -307,60 +206,126 @@ def baseline_prepare(corpus, out_path, num_proc):
     np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
 
 
-def measure_process(command, env=None):
-    """Run a command in the repo; its wall time and peak memory, polled from /proc: the largest
-    single process's RSS, and the whole tree's PSS (shared pages counted once) for worker pools."""
-    env = {**os.environ, **(env or {})}
-    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():
-        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
-    proc = subprocess.Popen(command, cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peaks = {"rss": 0, "pss": 0}
-    poller = threading.Thread(target=_poll_memory, args=(proc, peaks), daemon=True)
-    t0 = time.perf_counter()
-    poller.start()
-    _, err = proc.communicate()
-    seconds = time.perf_counter() - t0
-    poller.join()
-    if proc.returncode != 0:
-        last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
-        raise UserError(f"{' '.join(command[:3])} failed: {last}")
-    return {"seconds": seconds, "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_total_mb": peaks["pss"] / 1e6}
+# -----------------------------------------------------------------------------
+# The GPU check: `python bench.py --only=gpu` on a CUDA machine, 5-8 minutes on an H200. Each part
+# is capped at its share of --gpu_budget_s (GPU_SHARES) and saved to bench.json as soon as it ends;
+# one that fails records its error and the next one runs. `--quick` runs every part at toy sizes on
+# any device in seconds, which keeps it alive in the test suite.
+#   mfu     GPT-2 124M training as `python train.py config/train_gpt2.py` runs on one GPU (12 layers,
+#           12 heads, 768 wide, block 1024, GPT-2's 50257 tokens; bfloat16, torch.compile, fused
+#           AdamW), micro-batch 32 x 1024, random tokens: ms/iter, tokens/s and MFU (medians of 5 log
+#           rows of 10 iterations each, after 21 iterations of warm-up and compilation), against the
+#           datasheet peak (configurator.GPU_PEAK_FLOPS) and against an 8192^3 bfloat16 matmul timed here.
+#   vocab   the output layer's three products (logits, and the gradients of input and weight), eager,
+#           at 50257 tokens and padded to 50304 (a multiple of 64): what padding would save per step.
+#   sample  decoding tokens/s with the KV cache, as sample.py runs it, batch 1 and 8: the sample
+#           section's 6-layer, 384-wide model and GPT-2 124M's shape, random weights.
+#   recipe  config/train_shakespeare_char.py as it stands (6 layers, 384 wide, block 256, batch 64,
+#           dropout 0.2, 5000 iterations, compiled) on --shakespeare_dir, with --optimizer=adamw, then
+#           =muon; each run is stopped at its first evaluation with val <= 1.47: its wall time (time_s
+#           in train.py's log, compilation included) and iteration; else the best val and its iteration.
+
+GPU_SHARES = dict(mfu=0.28, sample=0.07, adamw=0.34, muon=0.26)  # of gpu_budget_s; the rest: overheads
+GPU_VAL_TARGET = 1.47  # nanoGPT's shakespeare_char reached 1.4697 on one GPU in 5000 iterations
+GPT2_RUN = ["config/train_gpt2.py", "--batch_size=32", "--gradient_accumulation_steps=1", "--compile=True",
+            "--dtype=bfloat16", "--log_interval=10"]
+GPU_QUICK = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--compile=False",
+             "--dtype=float32", "--max_iters=20", "--eval_interval=10", "--eval_iters=2"]
 
 
-def _poll_memory(proc, peaks, interval=0.01):
-    while proc.poll() is None:
-        rss, pss = 0, 0
-        for pid in _process_tree(proc.pid):
-            rss = max(rss, _proc_kb(f"/proc/{pid}/status", "VmRSS:") * 1024)
-            pss += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
-        peaks["rss"], peaks["pss"] = max(peaks["rss"], rss), max(peaks["pss"], pss)
-        time.sleep(interval)
+def bench_gpu(cfg, device, save):
+    """The GPU check's parts in turn; save(partial results) after each."""
+    if not device.startswith("cuda") and not cfg.quick:
+        raise UserError("the gpu section needs a CUDA GPU; --quick runs it at toy sizes here")
+    results = {"budget_s": cfg.gpu_budget_s, "val_target": GPU_VAL_TARGET}
+    parts = {"mfu": gpu_mfu, "vocab": gpu_vocab, "sample": gpu_sample, "recipe": gpu_recipe}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, part in parts.items():
+            print(f"gpu {name}: running", flush=True)
+            t0 = time.perf_counter()
+            try:
+                results[name] = part(cfg, device, Path(tmp))
+            except Exception as e:  # a one-shot check on a lent machine: keep what the others measure
+                results[name] = {"error": f"{type(e).__name__}: {e}"}
+            results[name]["elapsed_s"] = time.perf_counter() - t0
+            save(results)
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()  # what this part held stays out of the next one's way
+            print("\n".join(f"gpu {name}: {f}: {v}" for f, v in _gpu_rows({name: results[name]})), flush=True)
+    return results
 
 
-def _process_tree(pid):
-    """pid and all its descendants (Linux /proc)."""
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += map(int, Path(f"/proc/{p}/task/{task}/children").read_text().split())
-        except OSError:  # exited meanwhile
-            pass
-    return tree
+def gpu_mfu(cfg, device, tmp):
+    data = tmp / "gpt2-data"
+    data.mkdir()
+    write_random_dataset(data, 50257, n_tokens=10_000 if cfg.quick else 2_000_000)
+    dtype = "float32" if cfg.quick else "bfloat16"
+    measured = measured_matmul_flops(device, dtype, n=256 if cfg.quick else 8192)
+    args = [*GPT2_RUN, *(GPU_QUICK if cfg.quick else []), f"--device={device}", f"--data_dir={data}"]
+    rows = dict(warmup_rows=1, timed_rows=3, log_interval=1) if cfg.quick else \
+        dict(warmup_rows=3, timed_rows=5, log_interval=10)
+    run = train_speed(args, tmp / "gpt2", **rows, timeout_s=GPU_SHARES["mfu"] * cfg.gpu_budget_s,
+                      env=train_env(cfg))
+    peak = device_peak_flops(device, dtype)  # what train.py's MFU divides by
+    return {**run, "dtype": dtype, "train_py_peak_tflops": peak / 1e12, "measured_matmul_tflops": measured / 1e12,
+            "mfu_of_measured_peak": run["mfu"] * peak / measured}
 
 
-def _proc_kb(path, field):
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def gpu_vocab(cfg, device, tmp):
+    rows, width = (64, 32) if cfg.quick else (32 * 1024, 768)
+    dtype = torch.float32 if cfg.quick else torch.bfloat16
+    x = torch.randn(rows, width, device=device, dtype=dtype)  # (B*T, C)
+    ms = {}
+    for vocab in (50257, 50304):
+        w = torch.randn(vocab, width, device=device, dtype=dtype)  # (V, C)
+        grad = torch.randn(rows, vocab, device=device, dtype=dtype)  # the logits' gradient, (B*T, V)
+
+        def products():  # the logits, then the gradients of the input and of the weight
+            return x @ w.T, grad @ w, grad.T @ x
+        ms[vocab] = 1000 * min(timed(products, device) for _ in range(3 if cfg.quick else 20))
+    return {"rows": rows, "ms_50257": ms[50257], "ms_50304": ms[50304], "padded_speedup": ms[50257] / ms[50304]}
+
+
+def gpu_sample(cfg, device, tmp):
+    from engine import SAMPLING, ready_for_decoding
+
+    shapes = {"sample_model": SAMPLE_MODEL, "gpt2_124m": dict(vocab_size=50257)}  # GPTConfig's defaults: 124M
+    settings = {k: SAMPLING[k] for k in ("temperature", "top_k", "top_p")}
+    deadline = time.perf_counter() + GPU_SHARES["sample"] * cfg.gpu_budget_s
+    results = {"new_tokens": 8 if cfg.quick else 300}
+    for name, shape in shapes.items():
+        torch.manual_seed(cfg.seed)
+        model = GPT(GPTConfig(**(QUICK_SAMPLE_MODEL if cfg.quick else shape)))
+        model = ready_for_decoding(model, device, cfg.dtype)
+        for batch in (1, 8):
+            if time.perf_counter() < deadline:  # else left out: the part is over its share
+                idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
+                results[f"{name}_batch{batch}"] = time_decoding(model, idx, results["new_tokens"], True, settings,
+                                                                cfg.seed, repeats=1 if cfg.quick else 3)
+    return results
+
+
+def gpu_recipe(cfg, device, tmp):
+    data = Path(cfg.shakespeare_dir).resolve()
+    if cfg.quick:  # random tokens and a toy model: runs the code, never reaches the target
+        data = tmp / "toy-data"
+        data.mkdir()
+        write_random_dataset(data, 65, n_tokens=10_000)
+    elif not (data / "meta.json").is_file():
+        return {"skipped": f"no {data}/meta.json: run python prepare.py shakespeare_char, or set --shakespeare_dir"}
+    results = {}
+    for optimizer in ("adamw", "muon"):
+        args = ["config/train_shakespeare_char.py", f"--optimizer={optimizer}", f"--device={device}",
+                f"--data_dir={data}", "--init_from=scratch", "--wandb_log=False", *(GPU_QUICK if cfg.quick else [])]
+        rows, how = watch_training(args, tmp / optimizer, stop=lambda rows: first_at_target(rows, GPU_VAL_TARGET) is not None,
+                                   timeout_s=GPU_SHARES[optimizer] * cfg.gpu_budget_s, env=train_env(cfg))
+        results[optimizer] = time_to_target(rows, how, GPU_VAL_TARGET)
+    return results
+
+
+def train_env(cfg):
+    """train.py subprocesses run on the threads bench was given, if it was given a number."""
+    return {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads > 0 else {}
 
 
 # -----------------------------------------------------------------------------
@@ -368,21 +333,20 @@ def _proc_kb(path, field):
 
 
 def settings(argv):
-    """Bench options plus train.py's settings (the recipe as defaults), from config files and flags."""
-    from train import DEFAULTS as TRAIN_DEFAULTS
-
-    defaults = {**TRAIN_DEFAULTS, **TRAIN_RECIPE, **BENCH_DEFAULTS}
-    # --config=FILE is a config file, as train.py takes them; a bare --quick means --quick=True
-    argv = [a.removeprefix("--config=") + ("=True" if a == "--quick" else "") for a in argv]
-    cfg = configurator.configure(defaults, argv)
+    """Bench options, from flags; config files (--config=FILE) and every other --key=value go to
+    train.py, for the train section (train.py checks them)."""
+    ours = [a for a in argv if a.removeprefix("--").partition("=")[0] in BENCH_DEFAULTS or a in ("-h", "--help")]
+    train_args = [a.removeprefix("--config=") for a in argv if a not in ours]
+    cfg = configurator.configure(BENCH_DEFAULTS, ours)  # a bare --quick means --quick=True
     if cfg["quick"]:
-        cfg |= {k: v for k, v in QUICK.items() if cfg[k] == defaults[k]}
-        cfg |= {k: min(cfg[k], 2) for k in ("n_layer", "n_head")} | {"n_embd": 32, "block_size": 32}
+        cfg |= {k: v for k, v in QUICK.items() if cfg[k] == BENCH_DEFAULTS[k]}
     only = [s.strip() for s in cfg["only"].split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown or not only:
         raise UserError(f"--only={cfg['only']}: choose among {', '.join(SECTIONS)}")
-    return SimpleNamespace(**cfg), only
+    if train_args and "train" not in only:
+        raise UserError(f"{train_args[0]} is not a bench option; train.py's settings apply to --only=train")
+    return SimpleNamespace(**cfg, train_args=train_args), only
 
 
 def environment(device):
@@ -405,7 +369,7 @@ def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
-                          ("prepare", _prepare_rows)):
+                          ("prepare", _prepare_rows), ("gpu", _gpu_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
@@ -418,16 +382,13 @@ def _cpu_rows(c):
 
 
 def _train_rows(t):
-    m = t["model"]
+    m = t["settings"]
     shape = (f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, "
              f"batch {m['batch_size']}x{m['gradient_accumulation_steps']}")
     rows = [(shape, f"{t['ms_per_iter']:.1f} ms/iter (median of {t['timed_iters']})"),
-            ("tokens/s", f"{t['tokens_per_s']:,.0f}"), ("MFU", f"{t['mfu'] * 100:.1f}%")]
-    if t["variants"]:
-        rows.append(("model variants", " ".join(f"{k}={v}" for k, v in t["variants"].items())))
-    if t["step_peak_memory_mb"] is not None:
-        rows.append(("peak memory of one step", f"{t['step_peak_memory_mb']:.0f} MB"))
-    return rows
+            ("tokens/s", f"{t['tokens_per_s']:,.0f}"), ("MFU", f"{t['mfu'] * 100:.1f}%"),
+            ("peak memory (train.py's log)", f"{t['peak_memory_mb']:,.0f} MB")]
+    return rows + [("command", t["command"])] if t["command"] != "train.py" else rows
 
 
 def _sample_rows(s):
@@ -451,6 +412,32 @@ def _prepare_rows(p):
     return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x")]
 
 
+def _gpu_rows(g):
+    rows = []
+    for part, r in g.items():
+        if not isinstance(r, dict):
+            continue
+        if "error" in r or "skipped" in r:
+            rows.append((part, r.get("error") or r["skipped"]))
+        elif part == "mfu":
+            rows += [(f"GPT-2 124M, {r['tokens_per_iter']:,} tokens/iter", f"{r['ms_per_iter']:.1f} ms/iter, "
+                      f"{r['tokens_per_s']:,.0f} tok/s, peak memory {r['peak_memory_mb']:,.0f} MB"),
+                     (f"MFU of {r['train_py_peak_tflops']:.3g} TFLOP/s (train.py's peak)", f"{r['mfu'] * 100:.1f}%"),
+                     (f"MFU of {r['measured_matmul_tflops']:.3g} TFLOP/s (measured matmul)",
+                      f"{r['mfu_of_measured_peak'] * 100:.1f}%")]
+        elif part == "vocab":
+            rows.append(("output layer, 50257 / 50304 tokens", f"{r['ms_50257']:.2f} / {r['ms_50304']:.2f} ms "
+                         f"({r['padded_speedup']:.2f}x)"))
+        elif part == "sample":
+            rows += [(f"decoding, {key.replace('_', ' ')}, {r['new_tokens']} tokens",
+                      f"{r[key]['tokens_per_s']:,.0f} tok/s") for key in r if key.endswith(("batch1", "batch8"))]
+        elif part == "recipe":
+            rows += [(f"shakespeare_char {opt}, val {GPU_VAL_TARGET}", f"iter {o['iter']}, {o['time_s']:.0f} s"
+                      if o["iter"] is not None else f"not reached ({o['how']} at iter {o['last_iter']}); best "
+                      f"{o['best_val']:.4f} at iter {o['best_iter']}") for opt, o in r.items() if isinstance(o, dict)]
+    return rows
+
+
 def main():
     cfg, only = settings(sys.argv[1:])
     if cfg.threads > 0:
@@ -461,15 +448,21 @@ def main():
     env = results["env"]
     print(f"bench: {env['device']} ({env['device_name']}), torch {env['torch']}, threads={env['threads']}"
           + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
+
+    def save(**partial):  # after every section (and every part of gpu): a later one may be cut short
+        results.update(partial)
+        Path(cfg.out).write_text(json.dumps(results, indent=1) + "\n")
+
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
-               "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg)}
+               "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
+               "gpu": lambda: bench_gpu(cfg, device, lambda part: save(gpu=part))}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()
             results[name] = runners[name]()
             results[name]["elapsed_s"] = time.perf_counter() - t0
+            save()
     print(table(results))
-    Path(cfg.out).write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {cfg.out}")
 
 
