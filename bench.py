@@ -31,6 +31,7 @@ import platform
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,8 +44,7 @@ from measure import (SHARED, first_at_target, measure_process, memory_bandwidth,
 from model import GPT, GPTConfig
 
 SHARED_DATA = SHARED / "data"
-# run in this order: cpu's bandwidth bounds sampling
-SECTIONS = ("cpu", "train", "sample", "prepare", "gpu")
+SECTIONS = ("cpu", "train", "sample", "prepare", "gpu")  # in this order: cpu's bandwidth bounds sampling
 
 BENCH_DEFAULTS = dict(
     only="train,sample,prepare,cpu",  # comma-separated sections to run
@@ -216,8 +216,8 @@ def baseline_prepare(corpus, out_path, num_proc):
 #           AdamW), micro-batch 32 x 1024, random tokens: ms/iter, tokens/s and MFU (medians of 5 log
 #           rows of 10 iterations each, after 21 iterations of warm-up and compilation), against the
 #           datasheet peak (configurator.GPU_PEAK_FLOPS) and against an 8192^3 bfloat16 matmul timed here.
-#   vocab   the output layer's three products (logits, and the gradients of input and weight), eager,
-#           at 50257 tokens and padded to 50304 (a multiple of 64): what padding would save per step.
+#   vocab   the output layer and its loss, forward and backward, compiled, at GPT-2's 50257 tokens and
+#           padded to 50304 (a multiple of 64): what padding the vocabulary would save per step.
 #   sample  decoding tokens/s with the KV cache, as sample.py runs it, batch 1 and 8: the sample
 #           section's 6-layer, 384-wide model and GPT-2 124M's shape, random weights.
 #   recipe  config/train_shakespeare_char.py as it stands (6 layers, 384 wide, block 256, batch 64,
@@ -225,7 +225,7 @@ def baseline_prepare(corpus, out_path, num_proc):
 #           =muon; each run is stopped at its first evaluation with val <= 1.47: its wall time (time_s
 #           in train.py's log, compilation included) and iteration; else the best val and its iteration.
 
-GPU_SHARES = dict(mfu=0.28, sample=0.07, adamw=0.34, muon=0.26)  # of gpu_budget_s; the rest: overheads
+GPU_SHARES = dict(mfu=0.28, sample=0.06, adamw=0.33, muon=0.25)  # of gpu_budget_s; the rest: vocab, start-up
 GPU_VAL_TARGET = 1.47  # nanoGPT's shakespeare_char reached 1.4697 on one GPU in 5000 iterations
 GPT2_RUN = ["config/train_gpt2.py", "--batch_size=32", "--gradient_accumulation_steps=1", "--compile=True",
             "--dtype=bfloat16", "--log_interval=10"]
@@ -274,15 +274,19 @@ def gpu_mfu(cfg, device, tmp):
 def gpu_vocab(cfg, device, tmp):
     rows, width = (64, 32) if cfg.quick else (32 * 1024, 768)
     dtype = torch.float32 if cfg.quick else torch.bfloat16
-    x = torch.randn(rows, width, device=device, dtype=dtype)  # (B*T, C)
+    # compiled as in train.py (whose shape padding may pad the product itself), a graph per vocabulary
+    # size (not one for any size: dynamic=False); --quick: eager
+    loss_of = (lambda f: f) if cfg.quick else partial(torch.compile, dynamic=False)
     ms = {}
     for vocab in (50257, 50304):
-        w = torch.randn(vocab, width, device=device, dtype=dtype)  # (V, C)
-        grad = torch.randn(rows, vocab, device=device, dtype=dtype)  # the logits' gradient, (B*T, V)
+        x = torch.randn(rows, width, device=device, dtype=dtype, requires_grad=True)  # (B*T, C)
+        w = torch.randn(vocab, width, device=device, dtype=dtype, requires_grad=True)  # (V, C)
+        y = torch.randint(50257, (rows,), device=device)  # (B*T,): padded ids are never targets
+        loss = loss_of(lambda x, w, y: torch.nn.functional.cross_entropy(x @ w.T, y))
 
-        def products():  # the logits, then the gradients of the input and of the weight
-            return x @ w.T, grad @ w, grad.T @ x
-        ms[vocab] = 1000 * min(timed(products, device) for _ in range(3 if cfg.quick else 20))
+        def step():
+            loss(x, w, y).backward()
+        ms[vocab] = 1000 * min(timed(step, device) for _ in range(3 if cfg.quick else 20))
     return {"rows": rows, "ms_50257": ms[50257], "ms_50304": ms[50304], "padded_speedup": ms[50257] / ms[50304]}
 
 
@@ -313,11 +317,14 @@ def gpu_recipe(cfg, device, tmp):
         write_random_dataset(data, 65, n_tokens=10_000)
     elif not (data / "meta.json").is_file():
         return {"skipped": f"no {data}/meta.json: run python prepare.py shakespeare_char, or set --shakespeare_dir"}
+    def reached(rows):
+        return first_at_target(rows, GPU_VAL_TARGET) is not None
+
     results = {}
     for optimizer in ("adamw", "muon"):
         args = ["config/train_shakespeare_char.py", f"--optimizer={optimizer}", f"--device={device}",
                 f"--data_dir={data}", "--init_from=scratch", "--wandb_log=False", *(GPU_QUICK if cfg.quick else [])]
-        rows, how = watch_training(args, tmp / optimizer, stop=lambda rows: first_at_target(rows, GPU_VAL_TARGET) is not None,
+        rows, how = watch_training(args, tmp / optimizer, stop=reached,
                                    timeout_s=GPU_SHARES[optimizer] * cfg.gpu_budget_s, env=train_env(cfg))
         results[optimizer] = time_to_target(rows, how, GPU_VAL_TARGET)
     return results
@@ -426,8 +433,8 @@ def _gpu_rows(g):
                      (f"MFU of {r['measured_matmul_tflops']:.3g} TFLOP/s (measured matmul)",
                       f"{r['mfu_of_measured_peak'] * 100:.1f}%")]
         elif part == "vocab":
-            rows.append(("output layer, 50257 / 50304 tokens", f"{r['ms_50257']:.2f} / {r['ms_50304']:.2f} ms "
-                         f"({r['padded_speedup']:.2f}x)"))
+            rows.append(("output layer + loss, 50257 / 50304 tokens", f"{r['ms_50257']:.2f} / "
+                         f"{r['ms_50304']:.2f} ms ({r['padded_speedup']:.2f}x)"))
         elif part == "sample":
             rows += [(f"decoding, {key.replace('_', ' ')}, {r['new_tokens']} tokens",
                       f"{r[key]['tokens_per_s']:,.0f} tok/s") for key in r if key.endswith(("batch1", "batch8"))]

@@ -197,6 +197,16 @@ def test_muon_step_over_stacked_shapes_matches_the_one_matrix_at_a_time_referenc
             assert torch.equal(opt.state[p]["momentum_buffer"], buf), "momentum, elementwise: exact"
 
 
+def test_muon_leaves_matrices_without_gradients_alone():
+    a, b = torch.nn.Parameter(torch.ones(8, 4)), torch.nn.Parameter(torch.ones(8, 4))
+    opt = Muon([a, b], lr=0.1)
+    opt.step()  # no gradients at all (e.g. a frozen part): nothing to do
+    b.grad = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    opt.step()
+    assert torch.equal(a, torch.ones(8, 4)) and not torch.equal(b, torch.ones(8, 4))
+    assert a not in opt.state
+
+
 def test_muon_refuses_a_vector():
     with pytest.raises(UserError, match="weight matrices only"):
         Muon([torch.nn.Parameter(torch.zeros(5))])
