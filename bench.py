@@ -89,7 +89,8 @@ def bench_train(cfg, device):
                 f"--dtype={cfg.dtype}", f"--data_dir={tmp}"]
         result = train_speed(args, Path(tmp, "out"), cfg.warmup_iters, cfg.timed_iters, env=train_env(cfg))
     flags = [a.removeprefix("--").partition("=") for a in cfg.train_args + (QUICK_MODEL if cfg.quick else [])]
-    settings = TRAIN_RECIPE | {key: value or "True" for key, _, value in flags if key}  # config files aside
+    configs = [a for a in cfg.train_args if not a.startswith("--")]  # their settings are train.py's to read
+    settings = ({} if configs else TRAIN_RECIPE) | {key: value or "True" for key, _, value in flags if key}
     return {"command": " ".join(["train.py", *cfg.train_args]), "settings": settings, "dtype": cfg.dtype,
             **result}
 
@@ -225,7 +226,7 @@ def baseline_prepare(corpus, out_path, num_proc):
 #           =muon; each run is stopped at its first evaluation with val <= 1.47: its wall time (time_s
 #           in train.py's log, compilation included) and iteration; else the best val and its iteration.
 
-GPU_SHARES = dict(mfu=0.28, sample=0.06, adamw=0.33, muon=0.25)  # of gpu_budget_s; the rest: vocab, start-up
+GPU_SHARES = dict(mfu=0.30, sample=0.06, adamw=0.33, muon=0.23)  # of gpu_budget_s; the rest: vocab, start-up
 GPU_VAL_TARGET = 1.47  # nanoGPT's shakespeare_char reached 1.4697 on one GPU in 5000 iterations
 GPT2_RUN = ["config/train_gpt2.py", "--batch_size=32", "--gradient_accumulation_steps=1", "--compile=True",
             "--dtype=bfloat16", "--log_interval=10"]
@@ -390,8 +391,11 @@ def _cpu_rows(c):
 
 def _train_rows(t):
     m = t["settings"]
-    shape = (f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, "
-             f"batch {m['batch_size']}x{m['gradient_accumulation_steps']}")
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps")
+    shape = "iteration"  # a config file's shape is train.py's to read
+    if all(k in m for k in keys):
+        shape = (f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, "
+                 f"batch {m['batch_size']}x{m['gradient_accumulation_steps']}")
     rows = [(shape, f"{t['ms_per_iter']:.1f} ms/iter (median of {t['timed_iters']})"),
             ("tokens/s", f"{t['tokens_per_s']:,.0f}"), ("MFU", f"{t['mfu'] * 100:.1f}%"),
             ("peak memory (train.py's log)", f"{t['peak_memory_mb']:,.0f} MB")]
