@@ -1,7 +1,7 @@
 """Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
 
     python bench.py                                   # every section, a few minutes on 2 CPU cores
-    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, gpu
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve, gpu
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
     python bench.py --only=gpu                        # the GPU check, minutes on a CUDA machine (below)
@@ -19,6 +19,9 @@ Sections:
            ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
+  serve    serve.py under load: 1 streaming client, then 8 at once, on a 6-layer, 384-wide model:
+           tokens/s in all and per client, time to first token, replies whole or lost; 8 clients
+           batched against 1 client alone, and against 8 served one at a time (--max_batch=1).
   gpu      not run by default: GPT-2 124M training MFU, GPU decoding, and the shakespeare_char GPU
            recipe's time to val 1.47 with AdamW and with Muon (see "The GPU check" below).
 Every figure comes with the device, torch version and thread count (bench.json's "env").
@@ -27,10 +30,12 @@ import inspect
 import itertools
 import json
 import os
-import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,16 +43,19 @@ from types import SimpleNamespace
 import torch
 
 import configurator
+from checkpoint import GPT2_META, save_checkpoint
 from configurator import UserError, device_peak_flops, measured_matmul_flops, pick_device, pick_dtype
-from measure import (SHARED, first_at_target, measure_process, memory_bandwidth, time_decoding, time_to_target,
-                     timed, train_speed, watch_training, write_random_dataset)
+from loadtest import load_test, summary
+from measure import (ROOT, SHARED, environment, first_at_target, measure_process, memory_bandwidth, time_decoding,
+                     time_to_target, timed, train_speed, watch_training, write_random_dataset)
 from model import GPT, GPTConfig
 
 SHARED_DATA = SHARED / "data"
-SECTIONS = ("cpu", "train", "sample", "prepare", "gpu")  # in this order: cpu's bandwidth bounds sampling
+# in this order: cpu's bandwidth bounds sampling
+SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "gpu")
 
 BENCH_DEFAULTS = dict(
-    only="train,sample,prepare,cpu",  # comma-separated sections to run
+    only="train,sample,prepare,cpu,serve",  # comma-separated sections to run
     quick=False,  # tiny sizes everywhere: checks that the script runs, not how fast anything is
     out="bench.json",  # where the results go
     threads=0,  # torch threads; 0 = torch's default (one per core)
@@ -57,6 +65,7 @@ BENCH_DEFAULTS = dict(
     new_tokens=500,  # tokens each decoding run generates
     corpus_mb=10.0,  # size of the prepare corpus
     num_proc=0,  # tokenizer processes for both ways of preparing it; 0 = one per core
+    serve_seconds=20.0,  # how long the clients of each serve phase keep asking
     device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
     dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', ...
     seed=1337,
@@ -71,8 +80,11 @@ QUICK_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32"]  #
 SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
-QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1)
+QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
+             serve_seconds=0.5)
 QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
+QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
+SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
 
 
 # -----------------------------------------------------------------------------
@@ -93,6 +105,11 @@ def bench_train(cfg, device):
     settings = ({} if configs else TRAIN_RECIPE) | {key: value or "True" for key, _, value in flags if key}
     return {"command": " ".join(["train.py", *cfg.train_args]), "settings": settings, "dtype": cfg.dtype,
             **result}
+
+
+def train_env(cfg):
+    """train.py subprocesses run on the threads bench was given, if it was given a number."""
+    return {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads > 0 else {}
 
 
 # -----------------------------------------------------------------------------
@@ -205,6 +222,47 @@ def baseline_prepare(corpus, out_path, num_proc):
     tokenized = ds.map(lambda doc: {"ids": enc.encode_ordinary(doc["text"]) + [enc.eot_token]},
                        remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
     np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
+
+
+# -----------------------------------------------------------------------------
+# serve.py under load
+
+
+def bench_serve(cfg):
+    """serve.py, run as users run it, with the sample section's random model (GPT-2's vocabulary;
+    --quick: a tiny one with characters): 1 streaming client, 8 at once, and in full runs 8 against
+    a server with --max_batch=1 (one request at a time), in rounds taking turns as the machine drifts."""
+    shape = QUICK_SERVE_MODEL if cfg.quick else SAMPLE_MODEL
+    phases = [(8, "one_client", 1), (8, "eight_clients", 8)] + [(1, "one_at_a_time", 8)] * (not cfg.quick)
+    rounds, max_tokens = (1, 16) if cfg.quick else (4, 128)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})}
+    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():  # offline: GPT-2's BPE files
+        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+    runs = {name: [] for _, name, _ in phases}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(cfg.seed)
+        model = GPT(GPTConfig(**shape))
+        meta = {"tokenizer": "char", "chars": [chr(i) for i in range(32, 127)]} if cfg.quick else GPT2_META
+        save_checkpoint(Path(tmp, "ckpt.pt"), {"model_args": asdict(model.config), "meta": meta,
+                                               "model": model.state_dict()})
+        command = [sys.executable, "serve.py", f"--out_dir={tmp}", "--port=0", "--device=cpu"]
+        servers = {batch: subprocess.Popen(command + [f"--max_batch={batch}"], cwd=ROOT, env=env, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                   for batch in {batch for batch, _, _ in phases}}  # an idle one waits, using no CPU
+        try:
+            urls = {batch: server.stdout.readline().split(" at ")[1].split("/ ")[0]
+                    for batch, server in servers.items()}
+            for _ in range(rounds):
+                for batch, name, clients in phases:
+                    runs[name].append(load_test(urls[batch], clients, cfg.serve_seconds / rounds, max_tokens))
+        finally:
+            for server in servers.values():
+                server.terminate()
+                server.wait()
+    results = {name: summary(parts) for name, parts in runs.items()}
+    ratio = results["eight_clients"]["tokens_per_s"] / results["one_client"]["tokens_per_s"]
+    return {"model": shape, "seconds": cfg.serve_seconds, "rounds": rounds, **results,
+            "batched_over_one_client": ratio}
 
 
 # -----------------------------------------------------------------------------
@@ -331,11 +389,6 @@ def gpu_recipe(cfg, device, tmp):
     return results
 
 
-def train_env(cfg):
-    """train.py subprocesses run on the threads bench was given, if it was given a number."""
-    return {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads > 0 else {}
-
-
 # -----------------------------------------------------------------------------
 # Settings, table, main
 
@@ -357,27 +410,11 @@ def settings(argv):
     return SimpleNamespace(**cfg, train_args=train_args), only
 
 
-def environment(device):
-    """What every figure depends on: the device, torch and the threads it runs."""
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
-    return {"device": device, "device_name": name, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
-                          ("prepare", _prepare_rows), ("gpu", _gpu_rows)):
+                          ("prepare", _prepare_rows), ("serve", _serve_rows), ("gpu", _gpu_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
@@ -423,6 +460,17 @@ def _prepare_rows(p):
     return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x")]
 
 
+def _serve_rows(s):
+    rows = [(f"{what}: tok/s in all (median per client), TTFT median/max",
+             f"{r['tokens_per_s']:.0f} ({statistics.median(r['client_tokens_per_s']):.0f}), "
+             f"{statistics.median(r['ttft_ms'] or [0]):.0f}/{max(r['ttft_ms'] or [0]):.0f} ms, "
+             f"{r['whole']}/{r['replies']} whole")
+            for key, what in (("one_client", "1 client"), ("eight_clients", "8 clients, batched"),
+                              ("one_at_a_time", "8 clients, --max_batch=1")) if (r := s.get(key))]
+    ratio = s["batched_over_one_client"]
+    return rows + [(f"8 clients batched / 1 client (target >= {SERVE_TARGET:g}x)", f"{ratio:.2f}x")]
+
+
 def _gpu_rows(g):
     rows = []
     for part, r in g.items():
@@ -466,6 +514,7 @@ def main():
 
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
                "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
+               "serve": lambda: bench_serve(cfg),
                "gpu": lambda: bench_gpu(cfg, device, lambda part: save(gpu=part))}
     for name in SECTIONS:
         if name in only:

@@ -1,6 +1,7 @@
 """How bench.py measures: train.py runs followed through their log.jsonl (speed, time to a val
 loss), a dataset of random tokens to train on, a command's wall time and peak memory, decoding speed,
-and the device's memory bandwidth. bench.py's sections say what to measure; this says how.
+the device's memory bandwidth, and the environment every figure depends on. bench.py's sections say
+what to measure; this says how.
 
     write_random_dataset(tmp, vocab_size=65, n_tokens=100_000)
     rows, how = watch_training([f"--data_dir={tmp}", "--device=cpu"], f"{tmp}/out",
@@ -10,6 +11,7 @@ Scripts are measured as users run them, as subprocesses: nothing here imports a 
 """
 import json
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -274,3 +276,19 @@ def memory_bandwidth(device, quick=False):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return data.numel() * data.element_size() / best
+
+
+def environment(device):
+    """What every figure depends on: the device, torch and the threads it runs."""
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
+    return {"device": device, "device_name": name, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

@@ -28,7 +28,13 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
             assert p["tokens"] > 0 and p["tokens_per_s"] > 0 and p["peak_rss_mb"] > 0, data["prepare"]
         ours, theirs = data["prepare"]["prepare_py"]["tokens"], data["prepare"]["datasets_map"]["tokens"]
         assert abs(ours - theirs) < 0.01 * ours, f"the two ways tokenized {ours} and {theirs} tokens"
-    for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s"):
+    serve = data["serve"]  # 1 streaming client, then 8 at once, against serve.py
+    for run, clients in (("one_client", 1), ("eight_clients", 8)):
+        r = serve[run]
+        assert r["clients"] == clients and r["replies"] >= clients and r["lost"] == 0, r
+        assert r["tokens_per_s"] > 0 and len(r["ttft_ms"]) == r["whole"], r
+    assert serve["batched_over_one_client"] > 0
+    for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s", "8 clients batched / 1 client"):
         assert needle in result.stdout, result.stdout
 
 

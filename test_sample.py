@@ -22,22 +22,6 @@ from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
 
-class Result:
-    def __init__(self, stdout, stderr):
-        self.stdout, self.stderr, self.returncode = stdout, stderr, 0
-
-
-@pytest.fixture
-def run_sample(capsys, monkeypatch):
-    """Call sample.py's main in this process (no interpreter start-up): returns its stdout and stderr."""
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, args)])
-        capsys.readouterr()
-        sample.main()
-        return Result(*capsys.readouterr())
-    return run
-
-
 def assert_ok(result):
     assert result.returncode == 0, f"exit code {result.returncode}, stderr: {result.stderr}"
 

@@ -11,6 +11,7 @@ Every tokenizer has .name, .vocab_size, .eot_token (None if it has no end-of-tex
 from configurator import UserError
 
 EOT_TEXT = "<|endoftext|>"
+GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}  # GPT-2's, as a meta records it
 
 
 class GPT2Tokenizer:
