@@ -69,7 +69,7 @@ def watch_training(args, out_dir, stop=None, timeout_s=None, env=None):
     return read_rows(log), how
 
 
-def end_session(proc, grace_s=20):
+def end_session(proc, grace_s=10):
     """Stop a process started with start_new_session=True and all it started: SIGTERM (train.py
     cleans up as on Ctrl-C), then SIGKILL for whatever is left after grace_s."""
     try:
