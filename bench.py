@@ -1,7 +1,8 @@
 """Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
 
     python bench.py                                   # every section, a few minutes on 2 CPU cores
-    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve, gpu
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve, tokenizer
+    python bench.py --only=payoff                     # a BPE's payoff in training: minutes, apart
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
     python bench.py --only=gpu                        # the GPU check, minutes on a CUDA machine (below)
@@ -17,17 +18,20 @@ Sections:
            forward over the context for every token), batch 1 and 8, same weights and seed.
   prepare  tokens/s and peak memory of `prepare.py --input=...` on a ~10 MB corpus built from
            ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
+  tokenizer  learning a BPE through prepare.py's code against the `tokenizers` trainer on the file,
+           time and peak memory on 10 and 40 MB corpora; then prepare.py's tokens/s with that BPE
+           against GPT-2's (tiktoken), on the same text and processes.
+  payoff   the CPU recipe's model on the TinyStories sample with a 4,096-token BPE and with GPT-2's
+           vocabulary, each trained for the same wall time: training tokens/s and val bits per byte.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
   serve    serve.py under load: 1 streaming client, then 8 at once, on a 6-layer, 384-wide model:
            tokens/s in all and per client, time to first token, replies whole or lost; 8 clients
            batched against 1 client alone, and against 8 served one at a time (--max_batch=1).
   gpu      not run by default: GPT-2 124M training MFU, GPU decoding, and the shakespeare_char GPU
-           recipe's time to val 1.47 with AdamW and with Muon (see "The GPU check" below).
+           recipe's time to val 1.47 with AdamW and with Muon: gpucheck.py says what each part measures.
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
-import inspect
-import itertools
 import json
 import os
 import statistics
@@ -36,7 +40,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,18 +47,21 @@ import torch
 
 import configurator
 from checkpoint import GPT2_META, save_checkpoint
-from configurator import UserError, device_peak_flops, measured_matmul_flops, pick_device, pick_dtype
+from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
+from gpucheck import gpu_rows, run_gpu_check
 from loadtest import load_test, summary
-from measure import (ROOT, SHARED, environment, first_at_target, measure_process, memory_bandwidth, time_decoding,
-                     time_to_target, timed, train_speed, watch_training, write_random_dataset)
+from checkpoint import load_checkpoint, model_from_checkpoint
+from measure import (QUICK_SAMPLE_MODEL, ROOT, SAMPLE_MODEL, SHARED_DATA, baseline_prepare, build_corpus,
+                     environment, find_gpt2_files, iteration_rows, learn_directly, learn_through_prepare,
+                     measure_process, memory_bandwidth, python_call, thread_env, time_decoding, train_speed,
+                     watch_training, write_random_dataset)
 from model import GPT, GPTConfig
 
-SHARED_DATA = SHARED / "data"
 # in this order: cpu's bandwidth bounds sampling
-SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "gpu")
+SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff", "gpu")
 
 BENCH_DEFAULTS = dict(
-    only="train,sample,prepare,cpu,serve",  # comma-separated sections to run
+    only="train,sample,prepare,cpu,serve,tokenizer",  # comma-separated sections to run (payoff, gpu: apart)
     quick=False,  # tiny sizes everywhere: checks that the script runs, not how fast anything is
     out="bench.json",  # where the results go
     threads=0,  # torch threads; 0 = torch's default (one per core)
@@ -66,6 +72,11 @@ BENCH_DEFAULTS = dict(
     corpus_mb=10.0,  # size of the prepare corpus
     num_proc=0,  # tokenizer processes for both ways of preparing it; 0 = one per core
     serve_seconds=20.0,  # how long the clients of each serve phase keep asking
+    bpe_vocab_size=8192,  # the tokenizer section's BPE
+    tokenizer_corpus_mb=(10.0, 40.0),  # the corpora it learns from (the first is also tokenized)
+    payoff_vocab_size=4096,  # the payoff's BPE, against GPT-2's 50,257 tokens
+    payoff_seconds=120.0,  # training time for each of the two models
+    payoff_eval_iters=20,  # batches per evaluation (ten of them, spread over the time, not counted)
     device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
     dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', ...
     seed=1337,
@@ -77,12 +88,11 @@ BENCH_DEFAULTS = dict(
 TRAIN_RECIPE = dict(compile=False, block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                     gradient_accumulation_steps=1)
 QUICK_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32"]  # train.py flags for --quick
-SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
 QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
-             serve_seconds=0.5)
-QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
+             serve_seconds=0.5, bpe_vocab_size=512, tokenizer_corpus_mb=(0.2,), payoff_vocab_size=512,
+             payoff_seconds=0.5, payoff_eval_iters=1)
 QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
 SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
 
@@ -95,11 +105,9 @@ def bench_train(cfg, device):
     """`python train.py` on the configured model and a synthetic dataset, as users run it."""
     with tempfile.TemporaryDirectory() as tmp:
         write_random_dataset(tmp, cfg.vocab_size, n_tokens=1_000_000)
-        recipe = Path(tmp, "recipe.py")
-        recipe.write_text("".join(f"{k} = {v!r}\n" for k, v in TRAIN_RECIPE.items()))
-        args = [recipe, *cfg.train_args, *(QUICK_MODEL if cfg.quick else []), f"--device={device}",
+        args = [write_recipe(tmp), *cfg.train_args, *(QUICK_MODEL if cfg.quick else []), f"--device={device}",
                 f"--dtype={cfg.dtype}", f"--data_dir={tmp}"]
-        result = train_speed(args, Path(tmp, "out"), cfg.warmup_iters, cfg.timed_iters, env=train_env(cfg))
+        result = train_speed(args, Path(tmp, "out"), cfg.warmup_iters, cfg.timed_iters, env=thread_env(cfg.threads))
     flags = [a.removeprefix("--").partition("=") for a in cfg.train_args + (QUICK_MODEL if cfg.quick else [])]
     configs = [a for a in cfg.train_args if not a.startswith("--")]  # their settings are train.py's to read
     settings = ({} if configs else TRAIN_RECIPE) | {key: value or "True" for key, _, value in flags if key}
@@ -107,9 +115,11 @@ def bench_train(cfg, device):
             **result}
 
 
-def train_env(cfg):
-    """train.py subprocesses run on the threads bench was given, if it was given a number."""
-    return {"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads > 0 else {}
+def write_recipe(folder):
+    """TRAIN_RECIPE as a config file in folder, for train.py to read before any other."""
+    path = Path(folder, "recipe.py")
+    path.write_text("".join(f"{k} = {v!r}\n" for k, v in TRAIN_RECIPE.items()))
+    return path
 
 
 # -----------------------------------------------------------------------------
@@ -181,10 +191,8 @@ def bench_prepare(cfg):
         meta = json.loads((out_dir / "bench" / "meta.json").read_text())
         ours["tokens"] = meta["train_tokens"] + meta["val_tokens"]
         baseline_out = Path(tmp, "baseline.bin")
-        # the function's own source, run in a fresh interpreter that never imports torch (as bench does)
-        call = f"baseline_prepare({str(corpus)!r}, {str(baseline_out)!r}, {num_proc})"
-        code = f"{inspect.getsource(baseline_prepare)}\n{call}"
-        base = measure_process([sys.executable, "-c", code], env={"HF_DATASETS_CACHE": tmp})
+        base = measure_process(python_call(baseline_prepare, str(corpus), str(baseline_out), num_proc),
+                               env={"HF_DATASETS_CACHE": tmp})
         base["tokens"] = baseline_out.stat().st_size // 2
         corpus_mb = corpus.stat().st_size / 1e6
     for result in (ours, base):
@@ -193,35 +201,73 @@ def bench_prepare(cfg):
             "speedup": ours["tokens_per_s"] / base["tokens_per_s"]}
 
 
-def build_corpus(path, size):
-    """Copies of the shared sample corpora, concatenated to about `size` bytes."""
-    texts = [p.read_text(encoding="utf-8") for p in sorted(SHARED_DATA.glob("*.txt"))]
-    written = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for text in itertools.cycle(texts):
-            if written >= size:
-                return path
-            text = text[:size - written] + "\n\n"
-            f.write(text)
-            written += len(text.encode("utf-8"))
+# -----------------------------------------------------------------------------
+# A BPE of one's own: learning it, tokenizing with it, and what it buys in training
 
 
-def baseline_prepare(corpus, out_path, num_proc):
-    """The usual recipe, for comparison: a datasets.Dataset of documents, a per-document
-    tiktoken encode in datasets.map, and one np.concatenate of everything in memory."""
-    from pathlib import Path
+def bench_tokenizer(cfg):
+    """Learning a BPE through prepare.py's code against the trainer alone (time, peak memory), on
+    growing corpora; then prepare.py with that BPE against prepare.py with GPT-2's, same text."""
+    if not SHARED_DATA.is_dir():
+        return {"skipped": f"no sample corpora at {SHARED_DATA}"}
+    num_proc, learn, tokenize = cfg.num_proc or os.cpu_count(), {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mb in cfg.tokenizer_corpus_mb:  # the two ways in turn, on each corpus
+            corpus, vocab = build_corpus(Path(tmp, f"{mb}.txt"), int(mb * 1e6)), Path(tmp, f"{mb}.json")
+            ours = measure_process(learn_through_prepare(corpus, cfg.bpe_vocab_size, vocab))
+            alone = measure_process(python_call(learn_directly, str(corpus), cfg.bpe_vocab_size))
+            learn[f"{mb:g}"] = {"prepare_py": ours, "tokenizers": alone,
+                                "time_ratio": ours["seconds"] / alone["seconds"]}
+        first = cfg.tokenizer_corpus_mb[0]
+        corpus = Path(tmp, f"{first}.txt")
+        for name, tokenizer in (("gpt2", "gpt2"), ("bpe", Path(tmp, f"{first}.json"))):
+            run = measure_process([sys.executable, "prepare.py", f"--input={corpus}", f"--out_dir={tmp}",
+                                   f"--tokenizer={tokenizer}", f"--name={name}", f"--num_proc={num_proc}"])
+            meta = json.loads(Path(tmp, name, "meta.json").read_text())
+            tokens = meta["train_tokens"] + meta["val_tokens"]
+            tokenize[name] = run | {"tokens_per_s": tokens / run["seconds"],
+                                    "mb_per_s": corpus.stat().st_size / 1e6 / run["seconds"]}
+    return {"vocab_size": cfg.bpe_vocab_size, "learn": learn, "num_proc": num_proc, "tokenize": tokenize,
+            "tokens_per_s_ratio": tokenize["bpe"]["tokens_per_s"] / tokenize["gpt2"]["tokens_per_s"]}
 
-    import datasets
-    import numpy as np
-    import tiktoken
 
-    datasets.disable_progress_bars()
-    enc = tiktoken.get_encoding("gpt2")
-    docs = [d for d in Path(corpus).read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    ds = datasets.Dataset.from_dict({"text": docs})
-    tokenized = ds.map(lambda doc: {"ids": enc.encode_ordinary(doc["text"]) + [enc.eot_token]},
-                       remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
-    np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
+def bench_payoff(cfg, device):
+    """The CPU recipe's model on the TinyStories sample, with a BPE of payoff_vocab_size tokens and
+    with GPT-2's vocabulary: each trained for about payoff_seconds, then training tokens/s and val bits
+    per byte (ten evaluations spread over the time: the last and the best)."""
+    sample = SHARED_DATA / "tinystories_sample.txt"
+    if not sample.is_file():
+        return {"skipped": f"no {sample}"}
+    find_gpt2_files(os.environ)  # train.py's bits per byte reads GPT-2's BPE files (it inherits this)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, flags in (("bpe", ["--tokenizer=bpe", f"--vocab_size={cfg.payoff_vocab_size}"]),
+                            ("gpt2", ["--tokenizer=gpt2"])):
+            measure_process([sys.executable, "prepare.py", f"--input={sample}", f"--out_dir={tmp}",
+                             f"--name={name}", "--num_proc=1", *flags])
+            runs[name] = train_for(cfg, device, Path(tmp, name))
+    return {"seconds_each": cfg.payoff_seconds, **runs,
+            "tokens_per_s_ratio": runs["bpe"]["tokens_per_s"] / runs["gpt2"]["tokens_per_s"]}
+
+
+def train_for(cfg, device, data_dir):
+    """train.py (the CPU recipe, constant learning rate 1e-3) on data_dir for about cfg.payoff_seconds
+    of training: as many iterations as a short first run says fit, with ten evaluations (val bits per
+    byte) spread over them, whose time does not count."""
+    base = [write_recipe(data_dir), *cfg.train_args, f"--device={device}", f"--data_dir={data_dir}",
+            "--learning_rate=1e-3", "--decay_lr=False", f"--eval_iters={cfg.payoff_eval_iters}", "--log_interval=1"]
+    iters = 10  # --quick's
+    if not cfg.quick:
+        probe = train_speed(base, data_dir / "probe", 2, 8, env=thread_env(cfg.threads))
+        iters = 10 * max(1, round(cfg.payoff_seconds * 1000 / probe["ms_per_iter"] / 10))
+    rows, _ = watch_training([*base, "--init_from=scratch", "--wandb_log=False", f"--max_iters={iters}",
+                              f"--eval_interval={iters // 10}"], data_dir / "out", env=thread_env(cfg.threads))
+    steps, curve = iteration_rows(rows), [r["val_bpb"] for r in rows if "val_bpb" in r and r["iter"] > 0]
+    trained = sum(r["ms_per_iter"] for r in steps) / 1000  # log_interval is 1: a row per iteration
+    model = model_from_checkpoint(load_checkpoint(data_dir / "out" / "ckpt.pt"))
+    return {"params": model.get_num_params(), "vocab_size": model.config.vocab_size, "iters": len(steps),
+            "seconds": trained, "tokens_per_s": len(steps) * steps[-1]["tokens_per_iter"] / trained,
+            "val_bpb": curve[-1], "best_val_bpb": min(curve), "val_bpb_curve": curve}
 
 
 # -----------------------------------------------------------------------------
@@ -235,9 +281,7 @@ def bench_serve(cfg):
     shape = QUICK_SERVE_MODEL if cfg.quick else SAMPLE_MODEL
     phases = [(8, "one_client", 1), (8, "eight_clients", 8)] + [(1, "one_at_a_time", 8)] * (not cfg.quick)
     rounds, max_tokens = (1, 16) if cfg.quick else (4, 128)
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})}
-    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():  # offline: GPT-2's BPE files
-        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+    env = find_gpt2_files({**os.environ, **({"OMP_NUM_THREADS": str(cfg.threads)} if cfg.threads else {})})
     runs = {name: [] for _, name, _ in phases}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.seed)
@@ -266,133 +310,6 @@ def bench_serve(cfg):
 
 
 # -----------------------------------------------------------------------------
-# The GPU check: `python bench.py --only=gpu` on a CUDA machine, 5-8 minutes on an H200. The parts run
-# in this order (by importance), each capped at its share of --gpu_budget_s (GPU_SHARES) and saved to
-# bench.json as soon as it ends; one that fails records its error and the next one runs. `--quick`
-# runs every part at toy sizes on any device in seconds, which keeps it alive in the test suite.
-#   mfu     GPT-2 124M training as `python train.py config/train_gpt2.py` runs on one GPU (12 layers,
-#           12 heads, 768 wide, block 1024, GPT-2's 50257 tokens; bfloat16, torch.compile, fused
-#           AdamW), micro-batch 32 x 1024, random tokens: ms/iter, tokens/s and MFU (medians of 5 log
-#           rows of 10 iterations each, after 21 iterations of warm-up and compilation), against the
-#           datasheet peak (configurator.GPU_PEAK_FLOPS) and against an 8192^3 bfloat16 matmul timed here.
-#   recipe  config/train_shakespeare_char.py as it stands (6 layers, 384 wide, block 256, batch 64,
-#           dropout 0.2, 5000 iterations, compiled) on --shakespeare_dir, with --optimizer=adamw, then
-#           =muon; each run is stopped at its first evaluation with val <= 1.47: its wall time (time_s
-#           in train.py's log, compilation included) and iteration; else the best val and its iteration.
-#   sample  decoding tokens/s with the KV cache, as sample.py runs it, batch 1 and 8: the sample
-#           section's 6-layer, 384-wide model and GPT-2 124M's shape, random weights.
-#   vocab   the output layer and its loss, forward and backward, compiled, at GPT-2's 50257 tokens and
-#           padded to 50304 (a multiple of 64): what padding the vocabulary would save per step.
-
-GPU_SHARES = dict(mfu=0.29, adamw=0.32, muon=0.22, sample=0.05)  # of gpu_budget_s; the rest: vocab, start-up
-GPU_VAL_TARGET = 1.47  # nanoGPT's shakespeare_char reached 1.4697 on one GPU in 5000 iterations
-GPT2_RUN = ["config/train_gpt2.py", "--batch_size=32", "--gradient_accumulation_steps=1", "--compile=True",
-            "--dtype=bfloat16", "--log_interval=10"]
-GPU_QUICK = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--compile=False",
-             "--dtype=float32", "--max_iters=20", "--eval_interval=10", "--eval_iters=2"]
-
-
-def bench_gpu(cfg, device, save):
-    """The GPU check's parts in turn; save(partial results) after each."""
-    if not device.startswith("cuda") and not cfg.quick:
-        raise UserError("the gpu section needs a CUDA GPU; --quick runs it at toy sizes here")
-    results = {"budget_s": cfg.gpu_budget_s, "val_target": GPU_VAL_TARGET}
-    parts = {"mfu": gpu_mfu, "recipe": gpu_recipe, "sample": gpu_sample, "vocab": gpu_vocab}  # by importance
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, part in parts.items():
-            print(f"gpu {name}: running", flush=True)
-            t0 = time.perf_counter()
-            try:
-                results[name] = part(cfg, device, Path(tmp))
-            except Exception as e:  # a one-shot check on a lent machine: keep what the others measure
-                results[name] = {"error": f"{type(e).__name__}: {e}"}
-            results[name]["elapsed_s"] = time.perf_counter() - t0
-            save(results)
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()  # what this part held stays out of the next one's way
-            print("\n".join(f"gpu {name}: {f}: {v}" for f, v in _gpu_rows({name: results[name]})), flush=True)
-    return results
-
-
-def gpu_mfu(cfg, device, tmp):
-    data = tmp / "gpt2-data"
-    data.mkdir()
-    write_random_dataset(data, 50257, n_tokens=10_000 if cfg.quick else 2_000_000)
-    dtype = "float32" if cfg.quick else "bfloat16"
-    measured = measured_matmul_flops(device, dtype, n=256 if cfg.quick else 8192)
-    args = [*GPT2_RUN, *(GPU_QUICK if cfg.quick else []), f"--device={device}", f"--data_dir={data}"]
-    rows = dict(warmup_rows=1, timed_rows=3, log_interval=1) if cfg.quick else \
-        dict(warmup_rows=3, timed_rows=5, log_interval=10)
-    run = train_speed(args, tmp / "gpt2", **rows, timeout_s=GPU_SHARES["mfu"] * cfg.gpu_budget_s,
-                      env=train_env(cfg))
-    peak = device_peak_flops(device, dtype)  # what train.py's MFU divides by
-    return {**run, "dtype": dtype, "train_py_peak_tflops": peak / 1e12, "measured_matmul_tflops": measured / 1e12,
-            "mfu_of_measured_peak": run["mfu"] * peak / measured}
-
-
-def gpu_vocab(cfg, device, tmp):
-    rows, width = (64, 32) if cfg.quick else (32 * 1024, 768)
-    dtype = torch.float32 if cfg.quick else torch.bfloat16
-    # compiled as in train.py (whose shape padding may pad the product itself), a graph per vocabulary
-    # size (not one for any size: dynamic=False); --quick: eager
-    loss_of = (lambda f: f) if cfg.quick else partial(torch.compile, dynamic=False)
-    ms = {}
-    for vocab in (50257, 50304):
-        x = torch.randn(rows, width, device=device, dtype=dtype, requires_grad=True)  # (B*T, C)
-        w = torch.randn(vocab, width, device=device, dtype=dtype, requires_grad=True)  # (V, C)
-        y = torch.randint(50257, (rows,), device=device)  # (B*T,): padded ids are never targets
-        # the loss in float32, as autocast computes train.py's
-        loss = loss_of(lambda x, w, y: torch.nn.functional.cross_entropy((x @ w.T).float(), y))
-
-        def step():
-            loss(x, w, y).backward()
-        ms[vocab] = 1000 * min(timed(step, device) for _ in range(3 if cfg.quick else 20))
-    return {"rows": rows, "ms_50257": ms[50257], "ms_50304": ms[50304], "padded_speedup": ms[50257] / ms[50304]}
-
-
-def gpu_sample(cfg, device, tmp):
-    from engine import SAMPLING, ready_for_decoding
-
-    shapes = {"sample_model": SAMPLE_MODEL, "gpt2_124m": dict(vocab_size=50257)}  # GPTConfig's defaults: 124M
-    settings = {k: SAMPLING[k] for k in ("temperature", "top_k", "top_p")}
-    deadline = time.perf_counter() + GPU_SHARES["sample"] * cfg.gpu_budget_s
-    results = {"new_tokens": 8 if cfg.quick else 300}
-    for name, shape in shapes.items():
-        torch.manual_seed(cfg.seed)
-        model = GPT(GPTConfig(**(QUICK_SAMPLE_MODEL if cfg.quick else shape)))
-        model = ready_for_decoding(model, device, cfg.dtype)
-        for batch in (1, 8):
-            if time.perf_counter() < deadline:  # else left out: the part is over its share
-                idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
-                results[f"{name}_batch{batch}"] = time_decoding(model, idx, results["new_tokens"], True, settings,
-                                                                cfg.seed, repeats=1 if cfg.quick else 3)
-    return results
-
-
-def gpu_recipe(cfg, device, tmp):
-    data = Path(cfg.shakespeare_dir).resolve()
-    if cfg.quick:  # random tokens and a toy model: runs the code, never reaches the target
-        data = tmp / "toy-data"
-        data.mkdir()
-        write_random_dataset(data, 65, n_tokens=10_000)
-    elif not (data / "meta.json").is_file():
-        return {"skipped": f"no {data}/meta.json: run python prepare.py shakespeare_char, or set --shakespeare_dir"}
-    def reached(rows):
-        return first_at_target(rows, GPU_VAL_TARGET) is not None
-
-    results = {}
-    for optimizer in ("adamw", "muon"):
-        args = ["config/train_shakespeare_char.py", f"--optimizer={optimizer}", f"--device={device}",
-                f"--data_dir={data}", "--init_from=scratch", "--wandb_log=False", *(GPU_QUICK if cfg.quick else [])]
-        rows, how = watch_training(args, tmp / optimizer, stop=reached,
-                                   timeout_s=GPU_SHARES[optimizer] * cfg.gpu_budget_s, env=train_env(cfg))
-        results[optimizer] = time_to_target(rows, how, GPU_VAL_TARGET)
-    if results["adamw"]["time_s"] and results["muon"]["time_s"]:
-        results["muon_over_adamw_time"] = results["muon"]["time_s"] / results["adamw"]["time_s"]
-    return results
-
-
-# -----------------------------------------------------------------------------
 # Settings, table, main
 
 
@@ -408,8 +325,9 @@ def settings(argv):
     unknown = [s for s in only if s not in SECTIONS]
     if unknown or not only:
         raise UserError(f"--only={cfg['only']}: choose among {', '.join(SECTIONS)}")
-    if train_args and "train" not in only:
-        raise UserError(f"{train_args[0]} is not a bench option; train.py's settings apply to --only=train")
+    if train_args and not {"train", "payoff"} & set(only):
+        raise UserError(f"{train_args[0]} is not a bench option; train.py's settings apply to the train "
+                        f"and payoff sections")
     return SimpleNamespace(**cfg, train_args=train_args), only
 
 
@@ -417,7 +335,8 @@ def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
-                          ("prepare", _prepare_rows), ("serve", _serve_rows), ("gpu", _gpu_rows)):
+                          ("prepare", _prepare_rows), ("serve", _serve_rows), ("tokenizer", _tokenizer_rows),
+                          ("payoff", _payoff_rows), ("gpu", gpu_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
@@ -474,32 +393,29 @@ def _serve_rows(s):
     return rows + [(f"8 clients batched / 1 client (target >= {SERVE_TARGET:g}x)", f"{ratio:.2f}x")]
 
 
-def _gpu_rows(g):
+def _tokenizer_rows(t):
+    if "skipped" in t:
+        return [("skipped", t["skipped"])]
     rows = []
-    for part, r in g.items():
-        if not isinstance(r, dict):
-            continue
-        if "error" in r or "skipped" in r:
-            rows.append((part, r.get("error") or r["skipped"]))
-        elif part == "mfu":
-            rows += [(f"GPT-2 124M, {r['tokens_per_iter']:,} tokens/iter", f"{r['ms_per_iter']:.1f} ms/iter, "
-                      f"{r['tokens_per_s']:,.0f} tok/s, peak memory {r['peak_memory_mb']:,.0f} MB"),
-                     (f"MFU of {r['train_py_peak_tflops']:.3g} TFLOP/s (train.py's peak)", f"{r['mfu'] * 100:.1f}%"),
-                     (f"MFU of {r['measured_matmul_tflops']:.3g} TFLOP/s (measured matmul)",
-                      f"{r['mfu_of_measured_peak'] * 100:.1f}%")]
-        elif part == "vocab":
-            rows.append(("output layer + loss, 50257 / 50304 tokens", f"{r['ms_50257']:.2f} / "
-                         f"{r['ms_50304']:.2f} ms ({r['padded_speedup']:.2f}x)"))
-        elif part == "sample":
-            rows += [(f"decoding, {key.replace('_', ' ')}, {r['new_tokens']} tokens",
-                      f"{r[key]['tokens_per_s']:,.0f} tok/s") for key in r if key.endswith(("batch1", "batch8"))]
-        elif part == "recipe":
-            rows += [(f"shakespeare_char {opt}, val {GPU_VAL_TARGET}", f"iter {o['iter']}, {o['time_s']:.0f} s"
-                      if o["iter"] is not None else f"not reached ({o['how']} at iter {o['last_iter']}); best "
-                      f"{o['best_val']:.4f} at iter {o['best_iter']}") for opt, o in r.items() if isinstance(o, dict)]
-            if "muon_over_adamw_time" in r:
-                rows.append(("Muon's time to it / AdamW's", f"{r['muon_over_adamw_time']:.2f}x"))
-    return rows
+    for mb, r in t["learn"].items():
+        ours, alone = r["prepare_py"], r["tokenizers"]
+        rows.append((f"learn {t['vocab_size']:,} BPE, {mb} MB: prepare.py / trainer alone",
+                     f"{r['time_ratio']:.2f}x ({ours['seconds']:.1f} / {alone['seconds']:.1f} s), peak "
+                     f"{ours['peak_rss_mb']:.0f} / {alone['peak_rss_mb']:.0f} MB"))
+    bpe, gpt2 = t["tokenize"]["bpe"], t["tokenize"]["gpt2"]
+    speeds = f"{bpe['tokens_per_s']:,.0f} / {gpt2['tokens_per_s']:,.0f} tok/s"
+    rates = f"{bpe['mb_per_s']:.1f} / {gpt2['mb_per_s']:.1f} MB/s"
+    return rows + [(f"prepare.py tokens/s, BPE / GPT-2 ({t['num_proc']} processes)",
+                    f"{t['tokens_per_s_ratio']:.2f}x ({speeds}; {rates})")]
+
+
+def _payoff_rows(p):
+    if "skipped" in p:
+        return [("skipped", p["skipped"])]
+    rows = [(f"{name}, {r['vocab_size']:,} tokens, {r['params'] / 1e6:.2f}M params, {p['seconds_each']:.0f} s",
+             f"{r['tokens_per_s']:,.0f} tok/s, val {r['val_bpb']:.3f} bits/byte (best {r['best_val_bpb']:.3f})")
+            for name, r in (("BPE", p["bpe"]), ("GPT-2", p["gpt2"]))]
+    return rows + [("training tokens/s, BPE / GPT-2", f"{p['tokens_per_s_ratio']:.1f}x")]
 
 
 def main():
@@ -519,8 +435,9 @@ def main():
 
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
                "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
-               "serve": lambda: bench_serve(cfg),
-               "gpu": lambda: bench_gpu(cfg, device, lambda part: save(gpu=part))}
+               "serve": lambda: bench_serve(cfg), "tokenizer": lambda: bench_tokenizer(cfg),
+               "payoff": lambda: bench_payoff(cfg, device),
+               "gpu": lambda: run_gpu_check(cfg, device, lambda part: save(gpu=part))}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()

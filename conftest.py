@@ -6,9 +6,11 @@ Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with
 are absent (a user's clone has no ../shared); tests that need transformers, the openai client,
 selenium or CUDA skip when those are missing.
 """
+import functools
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -25,16 +27,14 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
 
 # the project's modules, imported once that is set
-import hf  # noqa: E402
 import prepare  # noqa: E402
 import sample  # noqa: E402
-import tokenizer  # noqa: E402
 import train  # noqa: E402
 from checkpoint import save_checkpoint  # noqa: E402
 from configurator import configure  # noqa: E402
 from engine import Engine  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from tokenizer import EOT_TEXT, CharTokenizer  # noqa: E402
+from tokenizer import CharTokenizer, tokenizer_fields, train_bpe  # noqa: E402
 
 # tiny models gain nothing from a second thread, and lose a lot when the cores are busy
 torch.set_num_threads(1)
@@ -164,6 +164,37 @@ def char_tokenizer():
     return CharTokenizer(ASCII, eot_token=len(ASCII))
 
 
+# Sentences for a tiny BPE to learn from: English words, accents, CJK and emoji (no ../shared needed).
+BPE_WORDS = ("the a cat dog fox owl sat ran jumped slept on over under to and then big small red blue "
+             "green quick brown lazy house tree river Once upon time story über café naïve 東京 世界 "
+             "🐍 🎉 it was day night, said . ! ?").split()
+
+
+def bpe_text(n_sentences=300, seed=0):
+    """Seeded sentences of BPE_WORDS, one per line (about 40 characters each)."""
+    rng = np.random.default_rng(seed)
+    return "\n".join(" ".join(rng.choice(BPE_WORDS, size=8)) for _ in range(n_sentences))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_bpe():
+    return train_bpe(bpe_text().splitlines(), 400, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe():
+    """A 400-token byte-level BPE (tokenizer.BPETokenizer) learned from bpe_text(), in a few tens of
+    milliseconds: tests of BPE datasets, checkpoints and decoding need no GPT-2 files. Its meta:
+    bpe_meta(tiny_bpe)."""
+    return _tiny_bpe()
+
+
+def bpe_meta(tok=None):
+    """The meta of a BPE tokenizer (tiny_bpe's by default) as prepare.py --tokenizer=bpe records it
+    and data.read_meta returns it: the tokenizer.json's text inside."""
+    return tokenizer_fields(tok or _tiny_bpe())
+
+
 def write_checkpoint(out_dir, meta=CHAR_META, model=None, seed=0, **config):
     """out_dir/ckpt.pt as train.py saves it, holding `model` or else a tiny random one for meta's
     vocabulary (2 layers, 16 wide, block 16 unless `config` says otherwise); returns the model, in
@@ -226,56 +257,19 @@ def data_dir(tmp_path):
     return tmp_path / "tiny"
 
 
-# Text for a tiny byte-level BPE to learn from, with what tokenizers trip on: accents, emoji, CJK.
-BPE_TEXT = " ".join(WORDS) * 20 + " naïve café Über 🐍 中文 it's 1234 User: Assistant: System:\n"
-
-
-def bpe_meta(vocab_size=300):
-    """The meta of a tiny trained byte-level BPE (tokenizer "bpe": its tokenizer.json text inside), as
-    prepare.py --tokenizer=bpe records it; trained here with the tokenizers library."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([BPE_TEXT], trainer)
-    return {"tokenizer": "bpe", "vocab_size": tok.get_vocab_size(), "eot_token": tok.token_to_id(EOT_TEXT),
-            "tokenizer_json": tok.to_str()}
-
-
-class StandInBPE:
-    """tokenizer.BPETokenizer's contract (issue 13) until it lands: the tokenizer.json in meta, with
-    "<|endoftext|>" in a text kept as text."""
-    name = "bpe"
-
-    def __init__(self, meta):
-        from tokenizers import Tokenizer
-        self.hf = Tokenizer.from_str(meta["tokenizer_json"])
-        self.hf.encode_special_tokens = True
-        self.vocab_size, self.eot_token = self.hf.get_vocab_size(), self.hf.token_to_id(EOT_TEXT)
-
-    def encode(self, text):
-        return self.hf.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids):
-        return self.hf.decode(list(ids), skip_special_tokens=False)
-
-
-@pytest.fixture(scope="module")
-def bpe_tokenizers():
-    """Until tokenizer.load_tokenizer knows "bpe" (issue 13): the stand-in, where hf.py and sample.py
-    call it."""
-    if hasattr(tokenizer, "BPETokenizer"):
-        yield
-        return
-
-    def load(meta):
-        return StandInBPE(meta) if meta["tokenizer"] == "bpe" else tokenizer.load_tokenizer(meta)
-    with pytest.MonkeyPatch.context() as mp:
-        for module in (hf, sample):
-            mp.setattr(module, "load_tokenizer", load)
-        yield
+def make_bpe_dataset(folder, tok, text=None, name="bpe", tokenizer=None, **options):
+    """A dataset prepared by prepare.py's own code with the BPE `tok` (reused from its tokenizer.json,
+    written beside, or from `tokenizer`: what prepare.py --tokenizer takes) from `text` (default:
+    bpe_text(), one document per line); returns its folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer is None:
+        tokenizer = folder / f"{name}.tokenizer.json"
+        tokenizer.write_text(tok.json, encoding="utf-8")
+    src = folder / f"{name}.txt"
+    src.write_text(bpe_text().replace("\n", "\n\n") if text is None else text, encoding="utf-8")
+    prepare.prepare_files([src], folder / name, str(tokenizer), num_proc=1, **options)
+    return folder / name
 
 
 CONVERSATIONS = [  # hand-written: a system prompt, several turns, non-ASCII text
@@ -326,6 +320,16 @@ def run_train(data_dir, out_dir, *flags):
     """train.train() in this process, with the TINY settings and `flags` on top (later flags win)."""
     argv = [*TINY, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *flags]
     return train.train(configure(train.DEFAULTS, argv))
+
+
+@pytest.fixture(scope="session")
+def bpe_run(tmp_path_factory, tiny_bpe):
+    """(out_dir, tiny_bpe): a tiny model trained for 10 iterations on a BPE dataset, which is then
+    deleted with its tokenizer.json: the run's ckpt.pt alone has to carry the tokenizer."""
+    root = tmp_path_factory.mktemp("bpe_run")
+    run_train(make_bpe_dataset(root / "data", tiny_bpe), root / "out", "--max_iters=10", "--block_size=32")
+    shutil.rmtree(root / "data")
+    return root / "out", tiny_bpe
 
 
 def read_log(out_dir):

@@ -1,14 +1,20 @@
-"""How bench.py measures: train.py runs followed through their log.jsonl (speed, time to a val
-loss), a dataset of random tokens to train on, a command's wall time and peak memory, decoding speed,
-the device's memory bandwidth, and the environment every figure depends on. bench.py's sections say
-what to measure; this says how.
+"""How bench.py measures, so that its sections say only what to measure: train.py runs followed
+through their log.jsonl (speed, time to a val loss) on a dataset of random tokens; another program's
+wall time and peak memory, corpora of any size, and the programs bench.py times in a fresh interpreter
+(the usual datasets.map recipe, learning a BPE two ways); decoding speed, memory bandwidth, and the
+environment every figure depends on.
 
-    write_random_dataset(tmp, vocab_size=65, n_tokens=100_000)
-    rows, how = watch_training([f"--data_dir={tmp}", "--device=cpu"], f"{tmp}/out",
-                               stop=lambda rows: len(iteration_rows(rows)) >= 20, timeout_s=60)
+    rows, how = watch_training(args, out_dir, stop=..., timeout_s=...)  # python train.py *args, followed
+    train_speed(args, out_dir, warmup_rows, timed_rows)  # its ms/iter, tokens/s, MFU, peak memory
+    measure_process(command)    run it from the repository root; seconds, and the peak memory polled
+                                from /proc: the largest process's RSS, and the whole tree's PSS
+    python_call(function, ...)  the command that runs a function's own source in a fresh interpreter
+    build_corpus(path, size)    the sample corpora of ../shared/data, repeated to about `size` bytes
 
-Scripts are measured as users run them, as subprocesses: nothing here imports a script.
+Scripts are measured as users run them, as subprocesses: this library imports none of them.
 """
+import inspect
+import itertools
 import json
 import os
 import platform
@@ -29,6 +35,10 @@ from model import sample_logits
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
+SHARED_DATA = SHARED / "data"
+# the model bench.py decodes with (and serves): 6 layers, 384 wide, GPT-2's vocabulary; --quick's
+SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
+QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
 
 
 # -----------------------------------------------------------------------------
@@ -82,6 +92,11 @@ def end_session(proc, grace_s=10):
     except ProcessLookupError:  # the whole session has ended
         pass
     proc.wait()
+
+
+def thread_env(threads):
+    """The environment that runs a subprocess on `threads` threads (0: its own default)."""
+    return {"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}
 
 
 def read_rows(log):
@@ -158,15 +173,40 @@ def first_at_target(rows, target):
 
 
 # -----------------------------------------------------------------------------
-# Any command: wall time and peak memory
+# Any command: wall time and peak memory; corpora
+
+
+def build_corpus(path, size):
+    """Copies of the shared sample corpora, concatenated to about `size` bytes."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SHARED_DATA.glob("*.txt"))]
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for text in itertools.cycle(texts):
+            if written >= size:
+                return path
+            text = text[:size - written] + "\n\n"
+            f.write(text)
+            written += len(text.encode("utf-8"))
+
+
+def find_gpt2_files(env):
+    """env (a dict, or os.environ) with TIKTOKEN_CACHE_DIR at ../shared/tiktoken unless it names one:
+    GPT-2's BPE files on a machine that cannot download them."""
+    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():
+        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+    return env
+
+
+def python_call(function, *args):
+    """A command running function(*args) from its own source in a fresh interpreter, which imports
+    only what the function does (not torch, as bench.py has); args are plain values."""
+    return [sys.executable, "-c", f"{inspect.getsource(function)}\n{function.__name__}(*{args!r})"]
 
 
 def measure_process(command, env=None):
     """Run a command in the repo; its wall time and peak memory, polled from /proc: the largest
     single process's RSS, and the whole tree's PSS (shared pages counted once) for worker pools."""
-    env = {**os.environ, **(env or {})}
-    if "TIKTOKEN_CACHE_DIR" not in env and (SHARED / "tiktoken").is_dir():
-        env["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
+    env = find_gpt2_files({**os.environ, **(env or {})})
     proc = subprocess.Popen(command, cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peaks = {"rss": 0, "pss": 0}
@@ -215,6 +255,50 @@ def _proc_kb(path, field):
     except OSError:
         pass
     return 0
+
+
+# -----------------------------------------------------------------------------
+# Programs bench.py times in a fresh interpreter (python_call): each imports what it needs
+
+
+def baseline_prepare(corpus, out_path, num_proc):
+    """The usual recipe, for comparison: a datasets.Dataset of documents, a per-document
+    tiktoken encode in datasets.map, and one np.concatenate of everything in memory."""
+    from pathlib import Path
+
+    import datasets
+    import numpy as np
+    import tiktoken
+
+    datasets.disable_progress_bars()
+    enc = tiktoken.get_encoding("gpt2")
+    docs = [d for d in Path(corpus).read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    ds = datasets.Dataset.from_dict({"text": docs})
+    tokenized = ds.map(lambda doc: {"ids": enc.encode_ordinary(doc["text"]) + [enc.eot_token]},
+                       remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
+    np.concatenate(tokenized["ids"]).astype(np.uint16).tofile(out_path)
+
+
+def learn_through_prepare(corpus, vocab_size, out):
+    """The command that learns a BPE through prepare.py's own code, as its main does: its reader, its
+    split (val: one document, so that both ways learn from the same text), its call of the trainer;
+    then writes the tokenizer.json to `out`. A program text, run like `python prepare.py`: this
+    library does not import the script."""
+    program = ("import sys\nfrom pathlib import Path\nimport prepare, sources\n"
+               "make_pairs, n_docs = sources.local_splits([Path(sys.argv[1])], 1e-9)\n"
+               "meta = prepare.tokenizer_meta('bpe', make_pairs, int(sys.argv[2]), n_train=n_docs - 1)\n"
+               "Path(sys.argv[3]).write_text(meta['tokenizer_json'], encoding='utf-8')\n")
+    return [sys.executable, "-c", program, str(corpus), str(vocab_size), str(out)]
+
+
+def learn_directly(corpus, vocab_size):
+    """The `tokenizers` trainer reading the file itself, set up as tokenizer.train_bpe sets it up."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE(ignore_merges=True))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.train([corpus], trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
 
 
 # -----------------------------------------------------------------------------

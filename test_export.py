@@ -12,9 +12,6 @@ from configurator import UserError
 from conftest import (CHAR_META, assert_one_line_error, bpe_meta, needs_transformers, run_script, tiny_variant,
                       write_checkpoint)
 
-pytestmark = pytest.mark.usefixtures("bpe_tokenizers")
-
-
 @pytest.fixture(scope="module")
 def llama_run(tmp_path_factory):
     """A training run's folder: a tiny Llama-layout model on a trained BPE, after 250 iterations."""

@@ -14,12 +14,10 @@ import hf
 import sample
 from checkpoint import GPT2_META, load_model
 from configurator import UserError
-from conftest import (CHAR_META, CONVERSATIONS, bpe_meta, greedy_ids, needs_gpt2_files,
+from conftest import (CHAR_META, CONVERSATIONS, bpe_meta, greedy_ids, make_bpe_dataset, needs_gpt2_files,
                       needs_transformers, run_train, tiny_model, tiny_variant)
 from model import GPTConfig
 from tokenizer import CHAT_TEMPLATE, chat_prompt, encode_conversation, load_tokenizer
-
-pytestmark = pytest.mark.usefixtures("bpe_tokenizers")
 
 LAYOUTS = {  # the model options that choose each Hugging Face layout
     "gpt2": {},
@@ -242,12 +240,15 @@ def test_from_pretrained_loads_a_local_hf_gpt2_with_identical_logits(tmp_path):
 
 
 @needs_transformers
-def test_from_pretrained_loads_a_llama_from_elsewhere_which_then_fine_tunes(tmp_path, data_dir):
-    theirs = hf_llama(tmp_path / "llama")
+def test_from_pretrained_loads_a_llama_from_elsewhere_which_then_fine_tunes(tmp_path, tiny_bpe):
+    theirs = hf_llama(tmp_path / "llama", vocab_size=tiny_bpe.vocab_size)
+    (tmp_path / "llama" / "tokenizer.json").write_text(tiny_bpe.json, encoding="utf-8")
     ours = hf.from_pretrained(str(tmp_path / "llama"))
     assert ours.config.mlp_hidden == 80 and ours.config.pos_emb == "rope", ours.config
-    assert_same_logits(theirs, ours, 64)
-    s = run_train(data_dir, tmp_path / "out", f"--init_from={tmp_path / 'llama'}", "--max_iters=10")
+    assert_same_logits(theirs, ours, tiny_bpe.vocab_size)
+    # data tokenized with the folder's own tokenizer (train.py refuses any other)
+    data = make_bpe_dataset(tmp_path / "data", tiny_bpe, tokenizer=str(tmp_path / "llama"))
+    s = run_train(data, tmp_path / "out", f"--init_from={tmp_path / 'llama'}", "--max_iters=10")
     assert s["evals"][-1]["val"] < s["evals"][0]["val"], s["evals"]
 
 

@@ -19,9 +19,10 @@ import uvicorn
 
 import sample
 import serve
-from conftest import ASCII_META, CHAR_META, REPO, needs_openai, tiny_engine, write_checkpoint
-from configurator import UserError
-from tokenizer import CharTokenizer
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import ASCII_META, CHAR_META, REPO, greedy_ids, needs_openai, tiny_engine, write_checkpoint
+from configurator import UserError, configure
+from tokenizer import EOT_TEXT, CharTokenizer
 
 # -----------------------------------------------------------------------------
 # A server in a thread, and clients
@@ -338,6 +339,18 @@ def test_serve_script_serves_several_models_on_localhost_and_stops_on_ctrl_c(tmp
     finally:
         proc.kill()
         proc.stdout.close()
+
+
+def test_a_bpe_model_is_served_from_its_ckpt_pt_alone(bpe_run):
+    out, tok = bpe_run  # its dataset folder and tokenizer.json are gone: ckpt.pt carries the tokenizer
+    (engine,) = serve.load_engines(SimpleNamespace(**configure(serve.DEFAULTS, [f"--out_dir={out}",
+                                                                                "--device=cpu"])))
+    with running(engine) as url:
+        status, reply = post(url, "/v1/completions", {"model": engine.name, "prompt": "Hi 🐍", "max_tokens": 5,
+                                                      "temperature": 0})
+    model = model_from_checkpoint(load_checkpoint(out / "ckpt.pt")).eval()
+    expected = tok.decode(greedy_ids(model, tok.encode("Hi 🐍"), 5)).split(EOT_TEXT)[0]
+    assert status == 200 and reply["choices"][0]["text"] == expected, (reply, expected)
 
 
 def test_serving_beyond_loopback_needs_an_api_key(tmp_path, monkeypatch):
