@@ -412,7 +412,7 @@ def _tokenizer_rows(t):
 def _payoff_rows(p):
     if "skipped" in p:
         return [("skipped", p["skipped"])]
-    rows = [(f"{name}, {r['vocab_size']:,} tokens, {r['params'] / 1e6:.2f}M params, {p['seconds_each']:.0f} s",
+    rows = [(f"{name}, {r['vocab_size']:,} tokens, {r['params'] / 1e6:.2f}M params, {r['seconds']:.0f} s",
              f"{r['tokens_per_s']:,.0f} tok/s, val {r['val_bpb']:.3f} bits/byte (best {r['best_val_bpb']:.3f})")
             for name, r in (("BPE", p["bpe"]), ("GPT-2", p["gpt2"]))]
     return rows + [("training tokens/s, BPE / GPT-2", f"{p['tokens_per_s_ratio']:.1f}x")]
