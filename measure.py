@@ -116,16 +116,15 @@ def read_rows(log):
 
 
 def write_random_dataset(data_dir, vocab_size, n_tokens):
-    """train.bin, val.bin and meta.json as prepare.py writes them, holding random tokens."""
+    """train.bin, val.bin and meta.json as prepare.py writes them, holding random tokens. The
+    vocabulary is one of characters whatever its size, so that train.py needs no tokenizer files
+    (GPT-2's would have to be downloaded on a machine without them)."""
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         rng.integers(0, vocab_size, n_tokens, dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
-    if vocab_size <= 256:  # a character vocabulary like shakespeare_char's
-        meta = {"tokenizer": "char", "chars": [chr(32 + i) for i in range(vocab_size)], "eot_token": None}
-    else:
-        meta = {"tokenizer": "gpt2", "eot_token": 50256}
-    meta |= {"name": "bench", "vocab_size": vocab_size, "dtype": "uint16", "train_tokens": n_tokens,
-             "val_tokens": n_tokens, "source": "random", "command": "bench.py"}
+    meta = {"name": "bench", "tokenizer": "char", "chars": [chr(32 + i) for i in range(vocab_size)],
+            "eot_token": None, "vocab_size": vocab_size, "dtype": "uint16", "train_tokens": n_tokens,
+            "val_tokens": n_tokens, "source": "random", "command": "bench.py"}
     Path(data_dir, "meta.json").write_text(json.dumps(meta))
 
 
