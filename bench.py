@@ -5,7 +5,7 @@
     python bench.py --only=payoff                     # a BPE's payoff in training: minutes, apart
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
-    python bench.py --only=gpu                        # the GPU check, minutes on a CUDA machine (below)
+    python bench.py --only=gpu                        # the GPU check, minutes on a CUDA machine
 
 Sections:
   train    ms/iter, tokens/s, MFU and peak memory of `python train.py` as users run it, on a
@@ -46,11 +46,10 @@ from types import SimpleNamespace
 import torch
 
 import configurator
-from checkpoint import GPT2_META, save_checkpoint
+from checkpoint import GPT2_META, load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
 from gpucheck import gpu_rows, run_gpu_check
 from loadtest import load_test, summary
-from checkpoint import load_checkpoint, model_from_checkpoint
 from measure import (QUICK_SAMPLE_MODEL, ROOT, SAMPLE_MODEL, SHARED_DATA, baseline_prepare, build_corpus,
                      environment, find_gpt2_files, iteration_rows, learn_directly, learn_through_prepare,
                      measure_process, memory_bandwidth, python_call, thread_env, time_decoding, train_speed,

@@ -74,7 +74,8 @@ def newton_schulz_gram(x, steps):
 class Muon(torch.optim.Optimizer):
     """Muon: SGD with (Nesterov) momentum whose update for each weight matrix is orthogonalised
     (Jordan et al. 2024). For 2-D parameters only; embeddings, the output layer, norms and biases
-    belong to AdamW (configure_optimizers splits them).
+    belong to AdamW (configure_optimizers splits them). A step orthogonalises the matrices of each
+    shape (one per block: every c_attn, every c_fc, ...) together, as batched products.
 
     ns_dtype is the Newton-Schulz dtype: bfloat16 on GPUs, float32 on CPUs, which emulate bfloat16
     without native units and run it several times slower. It is kept out of the param groups so
