@@ -4,20 +4,22 @@ import json
 
 import torch
 
-from conftest import GPT2_FILES, SHARED, may_use_gpt2_files, run_script
+from conftest import GPT2_FILES, SHARED, assert_one_line_error, may_use_gpt2_files, run_script
 
 
 @may_use_gpt2_files  # its prepare section tokenizes with GPT-2's BPE, and skips without the files
 def test_bench_quick_runs_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     sections = "cpu,train,sample,prepare,serve,tokenizer,payoff"  # payoff is not a default section
-    result = run_script("bench.py", "--quick", f"--out={out}", f"--only={sections}")
+    result = run_script("bench.py", "--quick", f"--out={out}", f"--only={sections}", "--batch_size=4")  # train.py's
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert {"device", "torch", "threads"} <= set(data["env"]), data["env"]
     assert data["env"]["torch"] == torch.__version__
-    assert data["train"]["step"] == "train.train_step" and data["train"]["ms_per_iter"] > 0, data["train"]
-    assert 0 < data["train"]["mfu"] < 1, data["train"]
+    train = data["train"]
+    assert train["command"] == "train.py --batch_size=4" and train["ms_per_iter"] > 0, train
+    assert train["tokens_per_iter"] == 4 * 32, "--quick's block of 32 and the flag's batch of 4 reach train.py"
+    assert 0 < train["mfu"] < 1 and train["peak_memory_mb"] > 0 and train["timed_iters"] == 3, train
     runs = ["cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8", "cache_batch1_past_block"]
     for run in runs + ["hf_generate_batch1"] * (importlib.util.find_spec("transformers") is not None):
         assert data["sample"][run]["tokens_per_s"] > 0, data["sample"]
@@ -45,3 +47,10 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
     assert serve["batched_over_one_client"] > 0
     for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s", "8 clients batched / 1 client"):
         assert needle in result.stdout, result.stdout
+
+
+def test_a_mistyped_train_setting_is_train_pys_one_line_error(tmp_path):
+    result = run_script("bench.py", "--quick", "--only=train", "--n_layr=2", f"--out={tmp_path / 'b.json'}")
+    assert_one_line_error(result, "train.py failed: unknown option --n_layr; did you mean --n_layer")
+    result = run_script("bench.py", "--only=sample", "--n_layer=2")
+    assert_one_line_error(result, "--n_layer=2 is not a bench option", "the train and payoff sections")
