@@ -1,7 +1,7 @@
 """Measure the numbers sprout's speed claims rest on; print a table and write bench.json.
 
     python bench.py                                   # every section, a few minutes on 2 CPU cores
-    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu
+    python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, recipe
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
 
@@ -16,6 +16,9 @@ Sections:
            ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
            bounds decoding (each new token reads every weight once).
+  recipe   time to quality, not run by default (minutes): the README's CPU shakespeare_char run with
+           its config's recipe and with nanoGPT's, side by side, 2000 iterations each; the wall time
+           to val 1.88 as a share of nanoGPT's 2000 iterations, and the val loss at 2000.
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
 import inspect
@@ -45,7 +48,7 @@ from model import GPT, GPTConfig, sample_logits
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
 SHARED_DATA = SHARED / "data"
-SECTIONS = ("cpu", "train", "sample", "prepare")  # run in this order: cpu's bandwidth bounds sampling
+SECTIONS = ("cpu", "train", "sample", "prepare", "recipe")  # in this order: cpu's bandwidth bounds sampling
 
 BENCH_DEFAULTS = dict(
     only="train,sample,prepare,cpu",  # comma-separated sections to run
@@ -130,7 +133,8 @@ def step_peak_memory_mb(step, device):
 def variant_settings(config):
     """The model variants (model.py) that differ from GPT-2's defaults, e.g. {"pos_emb": "rope"}."""
     default = GPTConfig()
-    keys = ("pos_emb", "mlp", "norm", "n_expert", "n_expert_active", "grad_checkpoint")
+    keys = ("pos_emb", "mlp", "norm", "qk_norm", "tie_embeddings", "zero_init_proj", "n_expert",
+            "n_expert_active", "grad_checkpoint")
     return {k: getattr(config, k) for k in keys if getattr(config, k) != getattr(default, k)}
 
 
@@ -364,6 +368,70 @@ def _proc_kb(path, field):
 
 
 # -----------------------------------------------------------------------------
+# Time to quality: the shakespeare_char recipe against nanoGPT's
+
+# The README's CPU first run. Evaluations every 50 iterations (the README's run: 250) place the time
+# to the target finely; both runs pay for them alike.
+RECIPE_RUN = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--block_size=64",
+              "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+              "--lr_decay_iters=2000", "--dropout=0.0", "--eval_iters=20", "--eval_interval=50"]
+# The same run with nanoGPT's settings: AdamW on GPT-2's block without biases
+NANOGPT = ["config/gpt2_block.py", "--bias=False", "--beta2=0.99", "--weight_decay=0.1", "--grad_clip=1.0",
+           "--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=100"]
+RECIPE_QUICK = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--max_iters=20",
+                "--lr_decay_iters=20", "--eval_interval=10", "--eval_iters=2"]
+RECIPE_TARGET = 1.88  # issue 14's goals: reach it in <= 0.4x nanoGPT's 2000 iterations, and <= 1.60 at 2000
+RECIPE_GOALS = {"time_to_target_over_nanogpt": 0.4, "final_val_loss": 1.60}
+
+
+def bench_recipe(cfg):
+    """Both recipes as train.py subprocesses at once, each with half the cores: the same machine
+    state for both, so the ratio holds on a busy machine. Returns each run's curve and the ratios."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp, "data")
+        if cfg.quick:  # a toy: random tokens, a tiny model, seconds
+            data.mkdir()
+            write_random_dataset(data, 65, n_tokens=10_000)
+        elif Path(ROOT, "data", "shakespeare_char", "meta.json").is_file():
+            data = Path(ROOT, "data", "shakespeare_char")
+        elif (SHARED_DATA / "tinyshakespeare.txt").is_file():
+            measure_process([sys.executable, "prepare.py", "shakespeare_char", f"--out_dir={tmp}",
+                             f"--input={SHARED_DATA / 'tinyshakespeare.txt'}", "--name=data"])
+        else:
+            return {"skipped": "no data/shakespeare_char: run python prepare.py shakespeare_char"}
+        flags = RECIPE_RUN + (RECIPE_QUICK if cfg.quick else []) + [f"--data_dir={data}", f"--seed={cfg.seed}"]
+        threads = str(max(1, (os.cpu_count() or 2) // 2))
+        procs = {name: subprocess.Popen(
+            [sys.executable, "train.py", *flags, *extra, f"--out_dir={tmp}/{name}"], cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": threads}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True) for name, extra in (("recipe", []), ("nanogpt", NANOGPT))}
+        runs = {}
+        for name, proc in procs.items():
+            _, err = proc.communicate()
+            if proc.returncode:
+                raise UserError(f"bench recipe: train.py ({name}) failed: {err.strip().splitlines()[-1:]}")
+            rows = [json.loads(line) for line in Path(tmp, name, "log.jsonl").read_text().splitlines()]
+            evals = [(r["iter"], r["time_s"], r["val_loss"]) for r in rows if "val_loss" in r]
+            runs[name] = {"evals": evals, "final_val_loss": evals[-1][2], "seconds": evals[-1][1],
+                          "time_to_target_s": time_to_reach(evals, RECIPE_TARGET)}
+    ours, base = runs["recipe"], runs["nanogpt"]
+    at_equal_time = [v for _, t, v in ours["evals"] if t <= base["seconds"]][-1]
+    reached = ours["time_to_target_s"]
+    return {**runs, "target": RECIPE_TARGET, "goals": RECIPE_GOALS, "threads_each": int(threads),
+            "time_to_target_over_nanogpt": reached / base["seconds"] if reached else None,
+            "recipe_val_at_nanogpt_seconds": at_equal_time}
+
+
+def time_to_reach(evals, target):
+    """Seconds until the val loss first reaches target, interpolated linearly between the two
+    evaluations around the crossing; None if it never does. evals: [(iter, seconds, val loss)]."""
+    for (_, t0, v0), (_, t1, v1) in zip(evals, evals[1:]):
+        if v1 <= target:
+            return t0 + (t1 - t0) * (v0 - target) / (v0 - v1) if v0 > target else t0
+    return None
+
+
+# -----------------------------------------------------------------------------
 # Settings, table, main
 
 
@@ -405,7 +473,7 @@ def table(results):
     """The results as aligned rows: section, figure, value."""
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
-                          ("prepare", _prepare_rows)):
+                          ("prepare", _prepare_rows), ("recipe", _recipe_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
@@ -451,6 +519,21 @@ def _prepare_rows(p):
     return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x")]
 
 
+def _recipe_rows(r):
+    if "skipped" in r:
+        return [("skipped", r["skipped"])]
+    rows = []
+    for name in ("recipe", "nanogpt"):
+        reach = r[name]["time_to_target_s"]
+        rows += [(f"{name}: val after {r[name]['evals'][-1][0]} iterations", f"{r[name]['final_val_loss']:.3f} "
+                  f"in {r[name]['seconds']:.0f} s"), (f"{name}: time to val {r['target']}",
+                  f"{reach:.0f} s" if reach is not None else "not reached")]
+    ratio = r["time_to_target_over_nanogpt"]
+    return rows + [(f"time to {r['target']} / nanogpt's {r['nanogpt']['evals'][-1][0]} iterations",
+                    f"{ratio:.2f}x (goal <= {r['goals']['time_to_target_over_nanogpt']})" if ratio else "-"),
+                   ("recipe's val when nanogpt finished", f"{r['recipe_val_at_nanogpt_seconds']:.3f}")]
+
+
 def main():
     cfg, only = settings(sys.argv[1:])
     if cfg.threads > 0:
@@ -462,7 +545,8 @@ def main():
     print(f"bench: {env['device']} ({env['device_name']}), torch {env['torch']}, threads={env['threads']}"
           + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
-               "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg)}
+               "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
+               "recipe": lambda: bench_recipe(cfg)}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()
