@@ -133,8 +133,7 @@ def step_peak_memory_mb(step, device):
 def variant_settings(config):
     """The model variants (model.py) that differ from GPT-2's defaults, e.g. {"pos_emb": "rope"}."""
     default = GPTConfig()
-    keys = ("pos_emb", "mlp", "norm", "qk_norm", "tie_embeddings", "zero_init_proj", "n_expert",
-            "n_expert_active", "grad_checkpoint")
+    keys = ("pos_emb", "mlp", "norm", "qk_norm", "n_expert", "n_expert_active", "grad_checkpoint")
     return {k: getattr(config, k) for k in keys if getattr(config, k) != getattr(default, k)}
 
 

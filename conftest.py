@@ -89,18 +89,13 @@ def tiny_model(seed=0, **overrides):
     return GPT(tiny_config(**overrides)).eval()
 
 
-# model.py's alternatives to GPT-2's block, alone and all together. zero_init_proj is not one: it is
-# how the weights start, not what the model computes (its own tests are in test_model.py).
-VARIANTS = {
+VARIANTS = {  # model.py's alternatives to GPT-2's block, alone and all together
     "rope": dict(pos_emb="rope"),
     "swiglu": dict(mlp="swiglu"),
     "rmsnorm": dict(norm="rmsnorm"),
-    "relu2": dict(mlp="relu2"),
     "qk_norm": dict(qk_norm=True),
-    "untied": dict(tie_embeddings=False),
     "moe": dict(n_expert=4, n_expert_active=2),
-    "all": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", qk_norm=True, tie_embeddings=False,
-                n_expert=4, n_expert_active=2),
+    "all": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", qk_norm=True, n_expert=4, n_expert_active=2),
 }
 
 

@@ -55,7 +55,7 @@ def from_pretrained(name_or_dir, **overrides):
 def save_pretrained(model, out_dir):
     """Write a folder that transformers.AutoModelForCausalLM.from_pretrained() loads."""
     c = model.config
-    gpt2 = dict(pos_emb="learned", mlp="gelu", norm="layernorm", qk_norm=False, tie_embeddings=True, n_expert=0)
+    gpt2 = dict(pos_emb="learned", mlp="gelu", norm="layernorm", qk_norm=False, n_expert=0)
     for key, gpt2s in gpt2.items():
         if getattr(c, key) != gpt2s:
             raise ValueError(f"save_pretrained: {key}={getattr(c, key)!r} has no place in GPT-2's "

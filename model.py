@@ -1,9 +1,10 @@
 """The GPT, in one file read top to bottom.
 
 The config; attention with its KV cache (rotary positions, QK-norm); the feed-forward layers (GELU
-or ReLU² MLP, SwiGLU, Mixture of Experts); the pre-norm Transformer block; sampling from logits; and
-the GPT itself: forward (logits and loss) and generate (KV-cache decoding). The defaults are GPT-2;
-each variant sits beside the part it replaces (GPTConfig lists them).
+MLP, SwiGLU, Mixture of Experts); the pre-norm Transformer block; sampling from logits; and the GPT
+itself: forward (logits and loss) and generate (KV-cache decoding). The defaults are GPT-2; each
+variant (RoPE, QK-norm, SwiGLU, RMSNorm, MoE, gradient checkpointing) sits beside the part it
+replaces and is chosen in one place: make_norm, make_mlp, CausalSelfAttention, GPT.hidden_states.
 
 Everything else lives elsewhere: optimizers in optim.py, checkpoints in checkpoint.py, the CPU
 decoding layout in engine.py, Hugging Face interop in hf.py.
@@ -32,19 +33,16 @@ class GPTConfig:
     # variants; the defaults are GPT-2's block
     pos_emb: str = "learned"  # 'learned' (a table of positions) or 'rope' (rotary, see apply_rope)
     rope_base: float = 10000.0  # RoPE's slowest rotation turns once every ~2*pi*rope_base positions
-    mlp: str = "gelu"  # 'gelu' (GPT-2), 'relu2' (see MLP) or 'swiglu' (see SwiGLU)
+    mlp: str = "gelu"  # 'gelu' (GPT-2) or 'swiglu' (see SwiGLU)
     norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm' (see make_norm)
     qk_norm: bool = False  # RMSNorm on every head's queries and keys (see CausalSelfAttention)
-    tie_embeddings: bool = True  # the output layer reuses the token embedding's matrix, as in GPT-2
-    zero_init_proj: bool = False  # residual-branch output projections start at 0: blocks start as identity
     n_expert: int = 0  # 0: one dense MLP per block; E >= 1: a mixture of E expert MLPs (see MoE)
     n_expert_active: int = 2  # k: experts each token is sent to
     aux_loss_coef: float = 0.01  # weight of MoE's load-balancing loss in the training loss
     grad_checkpoint: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
     def __post_init__(self):
-        choices = dict(pos_emb=("learned", "rope"), mlp=("gelu", "relu2", "swiglu"),
-                       norm=("layernorm", "rmsnorm"))
+        choices = dict(pos_emb=("learned", "rope"), mlp=("gelu", "swiglu"), norm=("layernorm", "rmsnorm"))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
@@ -136,8 +134,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = fast_attention  # tests swap in explicit_attention
         # QK-norm (Dehghani et al. 2023; Wortsman et al. 2023): unit-RMS queries and keys, times a
-        # learned gain per channel, bound the attention logits, which otherwise can grow with the
-        # weights until softmax saturates and the loss spikes; this tolerates larger learning rates
+        # learned gain per channel, bound the attention logits, which can otherwise grow with the
+        # weights until softmax saturates; Muon's large early steps train faster with it (BENCH.md)
         hs = config.n_embd // config.n_head
         self.q_norm = nn.RMSNorm(hs, eps=1e-5) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(hs, eps=1e-5) if config.qk_norm else None
@@ -172,15 +170,10 @@ def make_norm(config):
 
 
 def make_mlp(config, experts=True):
-    """The feed-forward layer: GELU (GPT-2), ReLU² or SwiGLU, one dense layer or a mixture of experts."""
+    """The feed-forward layer: GELU (GPT-2) or SwiGLU, as one dense layer or a mixture of experts."""
     if config.n_expert and experts:
         return MoE(config)
     return SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
-
-
-def relu_squared(x):
-    """ReLU² (So et al. 2021, Primer): relu(x)^2, found by architecture search to train faster."""
-    return F.relu(x).square()
 
 
 class MLP(nn.Module):
@@ -188,12 +181,12 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         # GPT-2 used the tanh approximation of GELU; matching it keeps Hugging Face logits identical
-        self.act = nn.GELU(approximate="tanh") if config.mlp == "gelu" else relu_squared
+        self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
 
 
 class SwiGLU(nn.Module):
@@ -327,16 +320,13 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.last_aux_loss = None  # MoE's load-balancing loss of the latest forward
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:  # (Press & Wolf 2017): reading a token in and writing it out share one matrix
-            self.lm_head.weight = self.transformer.wte.weight
+        # weight tying (Press & Wolf 2017): reading a token in and writing it out share one matrix
+        self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
-        # The projections that write to the residual stream: GPT-2 scales them by 1/sqrt(2 * n_layer),
-        # as each block adds two branches and the stream's variance would otherwise grow with depth;
-        # zero_init_proj starts them at 0 (Fixup, Zhang et al. 2019): every block starts as the identity
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer), since each block adds two
+        # branches to the residual stream and its variance would otherwise grow with depth
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight") and config.zero_init_proj:
-                nn.init.zeros_(p)
-            elif name.endswith("c_proj.weight"):
+            if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
@@ -346,13 +336,11 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count. Lookup tables are left out by default: the position table, and the token
-        table unless it is tied to the output layer, where it does real work."""
+        """Parameter count. The position table is left out by default; the token table is not,
+        because it is also the output layer (tied) and does real work there."""
         n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
         if non_embedding and self.transformer.wpe is not None:
             n -= self.transformer.wpe.weight.numel()
-        if non_embedding and not self.config.tie_embeddings:
-            n -= self.transformer.wte.weight.numel()
         return n
 
     def hidden_states(self, idx, cache=None):

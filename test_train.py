@@ -196,8 +196,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data_dir, tmp_path):
 def test_all_variants_at_once_resume_exactly_and_log_the_aux_loss(data_dir, tmp_path):
     flags = ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--eval_interval=4",
              "--lr_decay_iters=8", "--dropout=0.1", "--max_iters=8", "--pos_emb=rope", "--mlp=swiglu",
-             "--norm=rmsnorm", "--qk_norm=True", "--tie_embeddings=False", "--zero_init_proj=True",
-             "--n_expert=4", "--n_expert_active=2", "--grad_checkpoint=True"]
+             "--norm=rmsnorm", "--qk_norm=True", "--n_expert=4", "--n_expert_active=2", "--grad_checkpoint=True"]
     whole = run_train(data_dir, tmp_path / "a", *flags)
     run_train(data_dir, tmp_path / "b", *flags, "--max_iters=4")
     ckpt = load_checkpoint(tmp_path / "b" / "ckpt.pt")

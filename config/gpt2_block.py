@@ -8,5 +8,3 @@ pos_emb = "learned"
 mlp = "gelu"
 norm = "layernorm"
 qk_norm = False
-tie_embeddings = True
-zero_init_proj = False
