@@ -8,7 +8,8 @@ with torch.load(weights_only=True), so loading one cannot run code:
     optimizer, scaler, iter_num, best_val_loss, config, rng: what an exact resume needs
 
 load_model() is what sample.py, serve.py, export.py and train.py's init_from use: a checkpoint
-folder, or GPT-2's weights / a Hugging Face folder (hf.py).
+folder, or GPT-2's weights / a Hugging Face folder (hf.py: GPT-2, Llama or Mixtral layout, whose
+tokenizer becomes the meta).
 """
 import os
 
@@ -17,8 +18,7 @@ import torch
 from configurator import UserError
 from fileio import atomic_write
 from model import GPT, GPTConfig
-
-GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}  # GPT-2's own weights
+from tokenizer import GPT2_META  # the meta of GPT-2's own weights
 
 
 def save_checkpoint(path, ckpt):
@@ -80,11 +80,12 @@ def load_model(init_from, out_dir, hint="", **overrides):
             raise UserError(f"{path} does not match this model.py: {_one_line(e)}") from None
         return model, checkpoint_meta(ckpt, path), ckpt
     if init_from in hf.HF_GPT2_NAMES or os.path.isdir(init_from):
-        try:
+        try:  # the folder's tokenizer becomes the meta
             model = hf.from_pretrained(init_from, **overrides)
-        except (ImportError, RuntimeError, ValueError, OSError) as e:
+            meta = hf.tokenizer_meta(init_from) if os.path.isdir(init_from) else dict(GPT2_META)
+        except (UserError, RuntimeError, ValueError, OSError) as e:
             raise UserError(f"init_from={init_from!r}: {_one_line(e)}") from None
-        return model, dict(GPT2_META), None
+        return model, meta, None
     raise UserError(f"init_from={init_from!r} is not 'resume', a training run's out_dir, a GPT-2 name "
                     f"({', '.join(hf.HF_GPT2_NAMES)}) or a Hugging Face folder")
 

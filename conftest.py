@@ -3,12 +3,14 @@ reference decode, and the helpers that run the project's scripts. `python -m pyt
 on a CPU in about a minute; each test_<file>.py proves the claims of <file>.py.
 
 Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with a reason when they
-are absent (a user's clone has no ../shared); tests that need transformers, selenium or CUDA skip
-when those are missing.
+are absent (a user's clone has no ../shared); tests that need transformers, the openai client,
+selenium or CUDA skip when those are missing.
 """
+import functools
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -26,12 +28,13 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
 
 # the project's modules, imported once that is set
 import prepare  # noqa: E402
+import sample  # noqa: E402
 import train  # noqa: E402
 from checkpoint import save_checkpoint  # noqa: E402
 from configurator import configure  # noqa: E402
 from engine import Engine  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from tokenizer import CharTokenizer  # noqa: E402
+from tokenizer import CharTokenizer, tokenizer_fields, train_bpe  # noqa: E402
 
 # tiny models gain nothing from a second thread, and lose a lot when the cores are busy
 torch.set_num_threads(1)
@@ -50,6 +53,8 @@ needs_gpt2_files = pytest.mark.skipif(not _gpt2_files_cached(),
                                       reason="GPT-2 BPE files not found (set TIKTOKEN_CACHE_DIR)")
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="transformers is not installed (pip install transformers)")
+needs_openai = pytest.mark.skipif(importlib.util.find_spec("openai") is None,
+                                  reason="the openai client is not installed (pip install openai)")
 
 
 # -----------------------------------------------------------------------------
@@ -63,6 +68,32 @@ def run_script(*args, env=None, input=None, timeout=120, cwd=REPO):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, input=input,
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Result:
+    """What a script's main() printed when called in this process (run_main), shaped like
+    run_script's CompletedProcess."""
+
+    def __init__(self, stdout, stderr):
+        self.stdout, self.stderr, self.returncode = stdout, stderr, 0
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """Call a script's main() in this process (no interpreter start-up), as `python script.py *args`
+    would: returns a Result with its stdout and stderr. A UserError propagates."""
+    def run(script, *args):
+        monkeypatch.setattr(sys, "argv", [f"{script.__name__}.py", *map(str, args)])
+        capsys.readouterr()
+        script.main()
+        return Result(*capsys.readouterr())
+    return run
+
+
+@pytest.fixture
+def run_sample(run_main):
+    """sample.py's main() in this process: returns its stdout and stderr."""
+    return lambda *args: run_main(sample, *args)
 
 
 def assert_one_line_error(result, *needles):
@@ -134,6 +165,37 @@ def char_tokenizer():
     return CharTokenizer(ASCII, eot_token=len(ASCII))
 
 
+# Sentences for a tiny BPE to learn from: English words, accents, CJK and emoji (no ../shared needed).
+BPE_WORDS = ("the a cat dog fox owl sat ran jumped slept on over under to and then big small red blue "
+             "green quick brown lazy house tree river Once upon time story über café naïve 東京 世界 "
+             "🐍 🎉 it was day night, said . ! ?").split()
+
+
+def bpe_text(n_sentences=300, seed=0):
+    """Seeded sentences of BPE_WORDS, one per line (about 40 characters each)."""
+    rng = np.random.default_rng(seed)
+    return "\n".join(" ".join(rng.choice(BPE_WORDS, size=8)) for _ in range(n_sentences))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_bpe():
+    return train_bpe(bpe_text().splitlines(), 400, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe():
+    """A 400-token byte-level BPE (tokenizer.BPETokenizer) learned from bpe_text(), in a few tens of
+    milliseconds: tests of BPE datasets, checkpoints and decoding need no GPT-2 files. Its meta:
+    bpe_meta(tiny_bpe)."""
+    return _tiny_bpe()
+
+
+def bpe_meta(tok=None):
+    """The meta of a BPE tokenizer (tiny_bpe's by default) as prepare.py --tokenizer=bpe records it
+    and data.read_meta returns it: the tokenizer.json's text inside."""
+    return tokenizer_fields(tok or _tiny_bpe())
+
+
 def write_checkpoint(out_dir, meta=CHAR_META, model=None, seed=0, **config):
     """out_dir/ckpt.pt as train.py saves it, holding `model` or else a tiny random one for meta's
     vocabulary (2 layers, 16 wide, block 16 unless `config` says otherwise); returns the model, in
@@ -155,13 +217,13 @@ def char_run(tmp_path_factory):
     return out_dir, write_checkpoint(out_dir)
 
 
-def tiny_engine(seed=0, block_size=64, tok=None, **settings):
+def tiny_engine(seed=0, block_size=64, tok=None, name="tiny", max_batch=8, max_queue=16, **settings):
     """An Engine on a tiny random model (greedy, 40 new tokens unless told otherwise)."""
     tok = tok or char_tokenizer()
     torch.manual_seed(seed)
     model = GPT(GPTConfig(block_size=block_size, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32))
     defaults = dict(temperature=0.0, top_k=None, top_p=None, max_new_tokens=40) | settings
-    return Engine(model, tok, defaults, name="tiny")
+    return Engine(model, tok, defaults, name, max_batch, max_queue)
 
 
 # -----------------------------------------------------------------------------
@@ -194,6 +256,21 @@ def make_dataset(data_dir, text=None, seed=0):
 def data_dir(tmp_path):
     make_dataset(tmp_path / "tiny")
     return tmp_path / "tiny"
+
+
+def make_bpe_dataset(folder, tok, text=None, name="bpe", tokenizer=None, **options):
+    """A dataset prepared by prepare.py's own code with the BPE `tok` (reused from its tokenizer.json,
+    written beside, or from `tokenizer`: what prepare.py --tokenizer takes) from `text` (default:
+    bpe_text(), one document per line); returns its folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer is None:
+        tokenizer = folder / f"{name}.tokenizer.json"
+        tokenizer.write_text(tok.json, encoding="utf-8")
+    src = folder / f"{name}.txt"
+    src.write_text(bpe_text().replace("\n", "\n\n") if text is None else text, encoding="utf-8")
+    prepare.prepare_files([src], folder / name, str(tokenizer), num_proc=1, **options)
+    return folder / name
 
 
 CONVERSATIONS = [  # hand-written: a system prompt, several turns, non-ASCII text
@@ -244,6 +321,16 @@ def run_train(data_dir, out_dir, *flags):
     """train.train() in this process, with the TINY settings and `flags` on top (later flags win)."""
     argv = [*TINY, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *flags]
     return train.train(configure(train.DEFAULTS, argv))
+
+
+@pytest.fixture(scope="session")
+def bpe_run(tmp_path_factory, tiny_bpe):
+    """(out_dir, tiny_bpe): a tiny model trained for 10 iterations on a BPE dataset, which is then
+    deleted with its tokenizer.json: the run's ckpt.pt alone has to carry the tokenizer."""
+    root = tmp_path_factory.mktemp("bpe_run")
+    run_train(make_bpe_dataset(root / "data", tiny_bpe), root / "out", "--max_iters=10", "--block_size=32")
+    shutil.rmtree(root / "data")
+    return root / "out", tiny_bpe
 
 
 def read_log(out_dir):

@@ -4,6 +4,7 @@
                                         end-of-text id (uint16, or uint32 past 65,536 tokens)
     data/<name>/train_mask.bin, ...     chat data only: uint8 per token, 1 = a reply token to learn
     data/<name>/meta.json               the tokenizer, the counts, the command that made it
+    data/<name>/tokenizer.json          a learned BPE only (prepare.py --tokenizer=bpe): its vocabulary
 
 train.py reads random windows of block_size + 1 tokens (Split.batch); nothing is loaded whole, so
 memory does not grow with the dataset.
@@ -24,14 +25,23 @@ def token_dtype(vocab_size):
 
 
 def read_meta(data_dir):
-    """A prepared dataset's meta.json as a dict."""
+    """A prepared dataset's meta.json as a dict; for a BPE dataset with its tokenizer.json's text
+    added as "tokenizer_json", so that the dict (which train.py stores in each checkpoint) describes
+    the tokenizer completely."""
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         raise UserError(f"{path} not found: run `python prepare.py {Path(data_dir).name}` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); re-run prepare.py with --force") from None
+    if meta.get("tokenizer") == "bpe":
+        vocab = path.with_name("tokenizer.json")
+        if not vocab.is_file():
+            raise UserError(f"{vocab} is missing: the dataset's tokens mean nothing without it; re-run "
+                            "prepare.py with --force")
+        meta["tokenizer_json"] = vocab.read_text(encoding="utf-8")
+    return meta
 
 
 class Split:

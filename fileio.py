@@ -1,13 +1,16 @@
 """Writing files so that nothing is lost.
 
-Every file sprout writes (datasets, checkpoints, exported models, pictures) goes to a temporary name
-beside its destination, is flushed and fsynced, and only then renamed over the destination; the
-folder is fsynced after the rename. A crash, Ctrl-C, SIGTERM or a full disk part-way through leaves
-the previous file (or none), never a half-written one, and a power cut after the rename cannot leave
-a renamed but empty file, because the data reached the disk before the name did.
+Every file sprout writes (datasets, checkpoints, pictures) goes to a temporary name beside its
+destination, is flushed and fsynced, and only then renamed over the destination; the folder is
+fsynced after the rename. A crash, Ctrl-C, SIGTERM or a full disk part-way through leaves the
+previous file (or none), never a half-written one, and a power cut after the rename cannot leave a
+renamed but empty file, because the data reached the disk before the name did. A folder written as
+a whole (an exported model) is filled under a temporary name too, and renamed into place once all
+of it is on disk.
 """
 import errno
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,3 +95,34 @@ def staged_outputs(folder, names):
             path.unlink(missing_ok=True)
         if created and folder.exists() and not any(folder.iterdir()):
             folder.rmdir()  # a failed first run leaves no empty folder behind
+
+
+@contextmanager
+def staged_folder(folder, replace=False):
+    """Yield a temporary folder beside `folder` to fill. When the block finishes, every file in it is
+    fsynced and it takes `folder`'s name (an existing `folder` is replaced only if `replace`); on any
+    failure it is removed and `folder` is untouched: never a half-written folder under that name."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    if folder.exists() and not replace:
+        raise UserError(f"{folder} already exists; choose another name or replace it")
+    shutil.rmtree(tmp, ignore_errors=True)  # left behind by a run that was killed
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                fsync_file(path)
+        fsync_dir(tmp)
+        if folder.exists():  # a folder cannot be renamed over another: move the old one aside first
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        fsync_dir(folder.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full_error(folder) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,7 @@ class GPTConfig:
     pos_emb: str = "learned"  # 'learned' (a table of positions) or 'rope' (rotary, see apply_rope)
     rope_base: float = 10000.0  # RoPE's slowest rotation turns once every ~2*pi*rope_base positions
     mlp: str = "gelu"  # 'gelu' (GPT-2) or 'swiglu' (see SwiGLU)
+    mlp_hidden: int = 0  # the feed-forward layer's hidden width; 0: 4C for GELU, ~8C/3 for SwiGLU
     norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm' (see make_norm)
     qk_norm: bool = False  # RMSNorm on every head's queries and keys (see CausalSelfAttention)
     n_expert: int = 0  # 0: one dense MLP per block; E >= 1: a mixture of E expert MLPs (see MoE)
@@ -61,7 +62,10 @@ class GPTConfig:
 class KVCache:
     """The keys and values of every layer for the tokens seen so far: decoding token t then costs one
     query against t cached keys instead of recomputing all t tokens. Buffers are allocated on first
-    use, in the dtype the keys arrive in (which autocast decides)."""
+    use, in the dtype the keys arrive in (which autocast decides). All rows sit at the same position,
+    so attention's mask follows from the shapes; engine.BatchCache keeps rows at positions of their
+    own, with .pos a (B, 1) tensor and a .mask of the keys each row may see."""
+    mask = None
 
     def __init__(self, n_layer, max_len):
         self.max_len = max_len
@@ -81,20 +85,23 @@ class KVCache:
         return buf[0, :, :, :end], buf[1, :, :, :end]  # (B, nh, end, hs) each
 
 
-def explicit_attention(q, k, v, dropout_p=0.0):
-    """The slow, textbook path: softmax(q k^T / sqrt(hs)) v under a causal mask. Kept for the tests."""
+def explicit_attention(q, k, v, dropout_p=0.0, mask=None):
+    """The slow, textbook path: softmax(q k^T / sqrt(hs)) v under a causal mask (or the given one:
+    True where a query may look). Kept for the tests."""
     T, S = q.size(-2), k.size(-2)  # S >= T when earlier keys come from a KV cache
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, S)
-    # query i sits at absolute position S - T + i and may look at keys 0..S - T + i
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is None:  # query i sits at absolute position S - T + i and may look at keys 0..S - T + i
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
     att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     att = F.dropout(att, p=dropout_p)
     return att @ v  # (B, nh, T, hs)
 
 
-def fast_attention(q, k, v, dropout_p=0.0):
+def fast_attention(q, k, v, dropout_p=0.0, mask=None):
     """The same maths through torch's fused kernels (flash / memory-efficient where available)."""
     T, S = q.size(-2), k.size(-2)
+    if mask is not None:  # rows at different positions (engine.BatchCache): (B, 1, T, S)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if T == S:  # no cache, or a prefill: plain causal attention
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if T == 1:  # one new token may look at everything before it: no mask needed
@@ -150,9 +157,11 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q.float()).type_as(v), self.k_norm(k.float()).type_as(v)  # in float32, as RoPE
         if rope is not None:  # before caching: keys are stored rotated to their absolute positions
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        mask = None
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = tokens so far
-        y = self.attend(q, k, v, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+            mask = cache.mask
+        y = self.attend(q, k, v, self.dropout if self.training else 0.0, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
@@ -176,27 +185,36 @@ def make_mlp(config, experts=True):
     return SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
 
+def hidden_width(config, mlp):
+    """The hidden width of a feed-forward layer of kind `mlp`: mlp_hidden if set, else 4C for GELU
+    (GPT-2), and for SwiGLU ~8C/3, which keeps its three matrices at the parameters of GELU's two,
+    rounded up to a multiple of 64, which matmul kernels run faster (384 -> 1024, 512 -> 1408)."""
+    if config.mlp_hidden:
+        return config.mlp_hidden
+    return -(-8 * config.n_embd // 3 // 64) * 64 if mlp == "swiglu" else 4 * config.n_embd
+
+
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = hidden_width(config, "gelu")
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         # GPT-2 used the tanh approximation of GELU; matching it keeps Hugging Face logits identical
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, hidden) inside, (B, T, C) out
 
 
 class SwiGLU(nn.Module):
     """SwiGLU (GLU Variants Improve Transformer, Shazeer 2020): silu(x W_gate) * (x W_up), then W_down.
-    Three matrices instead of two, so the hidden width shrinks from 4C to ~8C/3 to keep the parameter
-    count; rounded up to a multiple of 64, which matmul kernels run faster."""
+    Three matrices instead of two, so the hidden width shrinks from 4C to ~8C/3 (hidden_width)."""
 
     def __init__(self, config):
         super().__init__()
-        hidden = -(-8 * config.n_embd // 3 // 64) * 64  # e.g. 384 -> 1024, 512 -> 1408
+        hidden = hidden_width(config, "swiglu")
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # gate and up at once
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -280,8 +298,9 @@ def filter_logits(logits, top_k=None, top_p=None):
     return logits
 
 
-def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick the next token from logits (B, V): greedy at temperature 0, else sample."""
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token from logits (B, V): greedy at temperature 0, else sample (from torch's
+    global random numbers, or the given torch.Generator's)."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
     ids = None
@@ -293,7 +312,8 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
     # the exponential race: with E_i ~ Exp(1), argmax p_i / E_i is token i with probability p_i.
     # torch.multinomial draws the same way, after validating the probabilities, which costs more than
     # the draw; the clamp keeps a (rare) E = 0 from making 0 / 0 = NaN win for a filtered-out token
-    race = torch.empty_like(probs).exponential_().clamp_(min=torch.finfo(probs.dtype).tiny)  # (B, k or V)
+    race = torch.empty_like(probs).exponential_(generator=generator)  # (B, k or V)
+    race.clamp_(min=torch.finfo(probs.dtype).tiny)
     choice = (probs / race).argmax(dim=-1, keepdim=True)  # (B, 1)
     return (choice if ids is None else ids.gather(-1, choice))[:, 0]  # (B,)
 
@@ -346,16 +366,19 @@ class GPT(nn.Module):
     def hidden_states(self, idx, cache=None):
         """Token ids (B, T) -> final normalised hidden states (B, T, C)."""
         B, T = idx.shape
+        # where the new tokens start: an int, or (B, 1) when each row has its own (engine.BatchCache)
         start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
+        if isinstance(start, int) and start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size "
                              f"{self.config.block_size}")
+        pos = start + torch.arange(T, device=idx.device)  # (T,) or (B, T)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.transformer.wpe is not None:
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C)
-        else:  # the rotations for positions start..start+T, which every attention layer applies
-            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hs/2) each
+            x = x + self.transformer.wpe(pos)  # + (T, C) or (B, T, C)
+        else:  # the rotations for these positions, which every attention layer applies
+            # (1, T, hs/2) or (B, 1, T, hs/2) each: broadcast over the heads
+            rope = self.rope_cos[pos].unsqueeze(-3), self.rope_sin[pos].unsqueeze(-3)
         x = self.transformer.drop(x)
         # gradient checkpointing keeps only each block's input for backward and recomputes the rest
         # there: activation memory of one block instead of all, for about one more forward pass

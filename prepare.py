@@ -4,10 +4,13 @@
     python prepare.py tinystories                       # or shakespeare, openwebtext, fineweb-edu
     python prepare.py --input=my_texts/ --name=mine     # local .txt / .jsonl / .parquet, file or folder
     python prepare.py --input=chats.jsonl --format=chat --name=chat     # conversations + a loss mask
+    python prepare.py tinystories --tokenizer=bpe --vocab_size=8192     # learn a BPE of one's own
+    python prepare.py ultrachat --tokenizer=data/tinystories            # reuse that dataset's ids
 
 Where the text comes from is sources.py; the tokenizers are tokenizer.py. Documents are tokenized in
 worker processes and streamed to disk chunk by chunk, so memory stays flat however large the corpus;
-files appear under their final names only once complete (fileio.staged_outputs).
+files appear under their final names only once complete (fileio.staged_outputs). A BPE is learned
+from the train split alone, streamed to the trainer (its memory holds word counts, not the text).
 """
 import argparse
 import itertools
@@ -26,12 +29,12 @@ import numpy as np
 
 import configurator
 from configurator import UserError
-from data import SPLITS, token_dtype
+from data import SPLITS, read_meta, token_dtype
 from fileio import staged_outputs
 from sources import (DATASETS, DOC_SEPS, download, hub_conversations, hub_splits, input_files,
                      local_conversations, local_splits)
-from tokenizer import (CHAT_TEMPLATE, ROLES, conversation_problem, encode_conversation, load_tokenizer,
-                       tokenizer_fields)
+from tokenizer import (CHAT_TEMPLATE, ROLES, BPETokenizer, check_chat_tokenizer, conversation_problem,
+                       encode_conversation, load_tokenizer, tokenizer_fields, train_bpe)
 
 CHUNK_CHARS = 1 << 20  # text per worker task: big enough to amortise IPC, small enough to stay flat
 
@@ -82,10 +85,18 @@ def _encode_stream(chunks, tok_meta, num_proc):
     # Workers are born ignoring SIGINT: Ctrl-C is the parent's to handle (clean up, exit 130), and a
     # worker should not print a traceback of its own, even when the signal lands as it starts.
     default_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Each worker is one process: a BPE encodes on one thread there. Set before the fork, or a
+    # `tokenizers` that learned a BPE here (on all cores) warns in every worker that it was forked.
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         pool = Pool(num_proc, _init_worker, (tok_meta,))
     finally:
         signal.signal(signal.SIGINT, default_handler)
+        if parallelism is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
     with pool:
         pending = deque()
         for chunk in chunks:
@@ -107,7 +118,9 @@ def _stream_to_files(pairs, tok, tok_meta, files, num_proc, total):
     with tqdm(total=total, unit="doc", unit_scale=True, desc="tokenizing", mininterval=0.5) as bar:
         for split, ids, n in _encode_stream(_chunks(pairs), tok_meta, num_proc):
             if docs[split]:  # this chunk continues a split: separate it from the previous document
-                assert tok.eot_token is not None, "several documents need an end-of-text token"
+                if tok.eot_token is None:  # only a reused character vocabulary can lack one
+                    raise UserError("this vocabulary has no end-of-text token to separate documents "
+                                    "with; give one document (--doc_sep=none) or another --tokenizer")
                 files[split].write(eot)
                 tokens[split] += 1
             files[split].write(ids.tobytes())
@@ -137,31 +150,57 @@ def write_json(path, obj):
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def meta_files(meta):
+    """The files that describe a dataset: a BPE's tokenizer.json, then meta.json (written last: it
+    marks the dataset as complete)."""
+    return (["tokenizer.json"] if "tokenizer_json" in meta else []) + ["meta.json"]
+
+
+def write_meta(tmp, meta):
+    """Write meta_files(meta) to their temporary paths: the BPE's vocabulary goes to tokenizer.json
+    (data.read_meta puts it back into the dict), the rest to meta.json."""
+    if "tokenizer_json" in meta:
+        tmp["tokenizer.json"].write_text(meta["tokenizer_json"], encoding="utf-8")
+    write_json(tmp["meta.json"], {k: v for k, v in meta.items() if k != "tokenizer_json"})
+
+
+def remove_stale_vocab(data_dir, meta):
+    """Once a dataset without a BPE is in place, the tokenizer.json of the one it replaced goes."""
+    if "tokenizer_json" not in meta:
+        (Path(data_dir) / "tokenizer.json").unlink(missing_ok=True)
+
+
 def write_dataset(pairs, tok_meta, data_dir, *, num_proc=1, total=None, name=None, source="",
                   command=""):
     """Tokenize (split, text) pairs into data_dir/train.bin, val.bin and meta.json; returns the meta."""
     tok = load_tokenizer(tok_meta)  # a missing BPE file fails here, before anything is written
     data_dir = Path(data_dir)
-    with staged_outputs(data_dir, [f"{s}.bin" for s in SPLITS] + ["meta.json"]) as tmp:
+    meta = dataset_meta(tok, name or data_dir.name, source, command)
+    with staged_outputs(data_dir, [f"{s}.bin" for s in SPLITS] + meta_files(meta)) as tmp:
         with open(tmp["train.bin"], "wb") as train, open(tmp["val.bin"], "wb") as val:
             tokens = _stream_to_files(pairs, tok, tok_meta, {"train": train, "val": val}, num_proc, total)
         empty = [s for s in SPLITS if tokens[s] == 0]
         if empty:
             raise UserError(f"the {empty[0]} split came out empty ({tokens}); give more text or "
                             "change --val_fraction")
-        meta = dataset_meta(tok, name or data_dir.name, source, command)
         meta |= {"train_tokens": tokens["train"], "val_tokens": tokens["val"]}
-        write_json(tmp["meta.json"], meta)
+        write_meta(tmp, meta)
+    remove_stale_vocab(data_dir, meta)
     return meta
 
 
-def tokenizer_meta(tokenizer, make_pairs):
-    """What load_tokenizer needs. The char vocabulary comes from a pass over the data; it gets an
-    end-of-text id only when some split holds more than one document (tiny Shakespeare stays 65)."""
+def tokenizer_meta(tokenizer, make_pairs, vocab_size=None, sample=None, n_train=None):
+    """What load_tokenizer needs: GPT-2's BPE, a BPE learned from the train split's texts (n_train of
+    them, if known), one reused from elsewhere (reused_tokenizer), or characters. The char vocabulary
+    comes from a pass over the data; it gets an end-of-text id only when some split holds more than
+    one document (tiny Shakespeare stays 65)."""
     if tokenizer == "gpt2":
         return {"tokenizer": "gpt2"}
+    if tokenizer == "bpe":
+        return learn_bpe((text for split, text in make_pairs() if split == "train"), vocab_size, sample,
+                         n_train)
     if tokenizer != "char":
-        raise UserError(f"unknown tokenizer {tokenizer!r}: use --tokenizer=gpt2 or --tokenizer=char")
+        return reused_tokenizer(tokenizer)
     chars, docs = set(), dict.fromkeys(SPLITS, 0)
     for split, text in make_pairs():
         chars.update(text)
@@ -170,16 +209,77 @@ def tokenizer_meta(tokenizer, make_pairs):
     return {"tokenizer": "char", "chars": chars, "eot_token": len(chars) if max(docs.values()) > 1 else None}
 
 
+def learn_bpe(texts, vocab_size, sample=None, n_texts=None):
+    """A BPE of vocab_size tokens learned from texts (n_texts of them, if known), or from the share of
+    them that --tokenizer_sample keeps; returns its meta fields."""
+    if vocab_size is None:
+        raise UserError("--tokenizer=bpe needs --vocab_size=N (e.g. 4096 for a small model, 16384 for "
+                        "TinyStories)")
+    if sample is not None:
+        n_texts = round(n_texts * sample) if n_texts and sample < 1 else None
+        texts = sampled(texts, sample)
+    print(f"learning a {vocab_size:,}-token BPE from the train split"
+          + (f" ({sample:,} characters at most)" if sample and sample >= 1 else "")
+          + (f" ({sample:.0%} of its documents)" if sample and sample < 1 else ""))
+    started = time.time()
+    tok = train_bpe(texts, vocab_size, length=n_texts)
+    print(f"learned in {time.time() - started:.1f}s")
+    return tokenizer_fields(tok)
+
+
+def sampled(texts, sample):
+    """What a BPE learns from on a huge set: the first `sample` characters (sample >= 1), or an even
+    share of the documents, every (1 / sample)-th (0 < sample < 1)."""
+    if sample < 1:
+        yield from (text for i, text in enumerate(texts) if int((i + 1) * sample) > int(i * sample))
+        return
+    left = int(sample)
+    for text in texts:
+        if left <= 0:
+            return
+        yield text[:left]
+        left -= len(text)
+
+
+def reused_tokenizer(source):
+    """The tokenizer of a tokenizer.json file, a prepared dataset's folder or a training run's out_dir
+    (its checkpoint carries the tokenizer), so that a new dataset shares its ids; as meta fields."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            return tokenizer_fields(BPETokenizer(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+    if (path / "meta.json").is_file():
+        meta = read_meta(path)
+    elif (path / "ckpt.pt").is_file():
+        from checkpoint import checkpoint_meta, load_checkpoint  # torch: imported for this case only
+        try:
+            meta = checkpoint_meta(load_checkpoint(path / "ckpt.pt"), path / "ckpt.pt")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    elif (path / "tokenizer.json").is_file():
+        return reused_tokenizer(path / "tokenizer.json")
+    elif path.is_dir():
+        raise UserError(f"{path} holds no tokenizer.json, meta.json or ckpt.pt to take a tokenizer from")
+    else:
+        raise UserError(f"unknown tokenizer {source!r}: use gpt2, char, bpe (with --vocab_size), or the "
+                        "path of a tokenizer.json, a prepared dataset or a training run's out_dir")
+    return {"tokenizer": "gpt2"} if meta["tokenizer"] == "gpt2" else tokenizer_fields(load_tokenizer(meta))
+
+
 def prepare_files(paths, data_dir, tokenizer="gpt2", *, val_fraction=0.1, doc_sep="blank",
                   text_field="text", num_proc=None, errors="strict", force=False, name=None,
-                  source=None, command=""):
-    """Tokenize local files (.txt, .jsonl, .parquet) into data_dir; returns the meta.json dict."""
+                  source=None, command="", vocab_size=None, tokenizer_sample=None):
+    """Tokenize local files (.txt, .jsonl, .parquet) into data_dir; returns the meta dict (with
+    tokenizer_json for a BPE, as data.read_meta gives it)."""
     paths = [Path(p) for p in paths]
     check_outputs(data_dir, force)
     if tokenizer == "gpt2":
         load_tokenizer({"tokenizer": "gpt2"})  # offline without BPE files: say so before reading
     make_pairs, n_docs = local_splits(paths, val_fraction, doc_sep, text_field, errors)
-    tok_meta = tokenizer_meta(tokenizer, make_pairs)
+    n_train = n_docs - max(1, round(n_docs * val_fraction)) if n_docs > 1 else 1
+    tok_meta = tokenizer_meta(tokenizer, make_pairs, vocab_size, tokenizer_sample, n_train)
     source = source or os.path.commonpath([p.resolve() for p in paths])  # the file, or their folder
     return write_dataset(make_pairs(), tok_meta, data_dir, num_proc=num_proc or cpu_count(),
                          total=max(n_docs, 2),  # one document comes as two halves
@@ -187,14 +287,14 @@ def prepare_files(paths, data_dir, tokenizer="gpt2", *, val_fraction=0.1, doc_se
 
 
 def prepare_hub(spec, data_dir, tokenizer="gpt2", *, val_fraction=0.0005, text_field="text",
-                num_proc=None, force=False, name=None, command=""):
+                num_proc=None, force=False, name=None, command="", vocab_size=None, tokenizer_sample=None):
     """Tokenize a Hugging Face dataset (DATASETS entry: load arguments, optional splits) into data_dir."""
     check_outputs(data_dir, force)
 
-    def make_pairs():  # a fresh stream each call: the char vocabulary needs a pass of its own
+    def make_pairs():  # a fresh stream each call: a char vocabulary or a BPE needs a pass of its own
         return hub_splits(spec, val_fraction, text_field)
 
-    tok_meta = tokenizer_meta(tokenizer, make_pairs)
+    tok_meta = tokenizer_meta(tokenizer, make_pairs, vocab_size, tokenizer_sample)
     source = "hf:" + "/".join(str(spec["load"][k]) for k in ("path", "name") if spec["load"].get(k))
     return write_dataset(make_pairs(), tok_meta, data_dir, num_proc=num_proc or cpu_count(),
                          name=name, source=source, command=command)
@@ -238,7 +338,7 @@ def assign_splits(conversations, n_usable, val_fraction):
 
 
 def prepare_chat(data_dir, *, paths=None, hub=None, tokenizer="gpt2", val_fraction=0.1, force=False,
-                 name=None, command=""):
+                 name=None, command="", vocab_size=None, tokenizer_sample=None):
     """Tokenize conversations (local .jsonl paths, or a hub set: a prepare.DATASETS entry) into
     data_dir: train.bin/val.bin, train_mask.bin/val_mask.bin (uint8, 1 = train on this token) and
     meta.json. One process: chat sets are small next to pretraining corpora. Returns the meta."""
@@ -254,11 +354,17 @@ def prepare_chat(data_dir, *, paths=None, hub=None, tokenizer="gpt2", val_fracti
                         "messages list of {role: system|user|assistant, content} with an assistant reply")
     if not hub and usable[None] < 2:
         raise UserError("only one usable conversation: at least two are needed (one goes to val)")
-    tok_meta = {"tokenizer": tokenizer}
     if tokenizer == "char":  # the markers' characters join the data's, and end-of-text comes last
         chars = sorted(chars | set("".join(ROLES.values()) + " "))
-        tok_meta.update(chars=chars, eot_token=len(chars))
+        tok_meta = {"tokenizer": "char", "chars": chars, "eot_token": len(chars)}
+    else:
+        def make_pairs():  # each message as the template writes it: what a BPE learns from
+            for split, messages in assign_splits(conversations(), usable[None], val_fraction):
+                yield from ((split, f"{ROLES[m['role']]} {m['content'].strip()}") for m in messages)
+
+        tok_meta = tokenizer_meta(tokenizer, make_pairs, vocab_size, tokenizer_sample)
     tok = load_tokenizer(tok_meta)
+    check_chat_tokenizer(tok)  # a reused character vocabulary may lack what the template needs
     source = "hf:" + hub["load"]["path"] if hub else ", ".join(str(Path(p).resolve()) for p in paths)
     meta = dataset_meta(tok, name or Path(data_dir).name, source, command) | {
         "chat_template": CHAT_TEMPLATE,
@@ -272,11 +378,11 @@ def write_chat_files(pairs, tok, data_dir, meta, total):
     """Stream each conversation's ids and mask to the splits' files, add the counts to meta, and
     rename everything into place only when all went well (fileio.staged_outputs). Returns the meta."""
     from tqdm import tqdm
-    names = [f"{s}{kind}.bin" for s in SPLITS for kind in ("", "_mask")] + ["meta.json"]
+    names = [f"{s}{kind}.bin" for s in SPLITS for kind in ("", "_mask")] + meta_files(meta)
     counts = {s: Counter() for s in SPLITS}
     dtype = token_dtype(tok.vocab_size)
     with staged_outputs(data_dir, names) as tmp, ExitStack() as stack:
-        files = {n: stack.enter_context(open(tmp[n], "wb")) for n in names[:-1]}
+        files = {n: stack.enter_context(open(tmp[n], "wb")) for n in names if n.endswith(".bin")}
         for split, messages in tqdm(pairs, total=total, unit="conv", desc="tokenizing", mininterval=0.5):
             ids, mask = encode_conversation(tok, messages)
             files[f"{split}.bin"].write(np.array(ids, dtype=dtype).tobytes())
@@ -288,7 +394,8 @@ def write_chat_files(pairs, tok, data_dir, meta, total):
         meta |= {f"{s}_tokens": counts[s]["tokens"] for s in SPLITS} | {
             f"{s}_conversations": counts[s]["conversations"] for s in SPLITS} | {
             f"{s}_reply_tokens": counts[s]["trained"] for s in SPLITS}
-        write_json(tmp["meta.json"], meta)
+        write_meta(tmp, meta)
+    remove_stale_vocab(data_dir, meta)
     return meta
 
 
@@ -303,6 +410,24 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python prepare.py --help)")
 
 
+def vocab_size_arg(s):
+    if not s.isdigit() or int(s) < 257:
+        raise argparse.ArgumentTypeError(f"must be a whole number of tokens, at least 257 (256 bytes and "
+                                         f"<|endoftext|>), e.g. 4096; got {s!r}")
+    return int(s)
+
+
+def tokenizer_sample_arg(s):
+    try:
+        value = float(s)
+    except ValueError:
+        value = -1.0
+    if not (0 < value < 1 or (value >= 1 and value.is_integer())):
+        raise argparse.ArgumentTypeError(f"must be a number of characters (e.g. 1e9) or a fraction of "
+                                         f"the documents between 0 and 1 (e.g. 0.1); got {s!r}")
+    return value if value < 1 else int(value)
+
+
 def parse_args(argv):
     def boolean(s):
         if s.lower() not in ("true", "false"):
@@ -313,7 +438,11 @@ def parse_args(argv):
     p.add_argument("dataset", nargs="?", help=f"one of: {', '.join(DATASETS)}")
     p.add_argument("--input", help="a local .txt/.jsonl/.parquet file, or a folder of them")
     p.add_argument("--name", help="dataset folder name under --out_dir (default: NAME or the input's)")
-    p.add_argument("--tokenizer", choices=("gpt2", "char"), help="default: gpt2 (char for *_char)")
+    p.add_argument("--tokenizer", help="gpt2 (default; char for *_char), char, bpe (learn one, of "
+                   "--vocab_size tokens), or reuse one: a tokenizer.json, a dataset, a run's out_dir")
+    p.add_argument("--vocab_size", type=vocab_size_arg, help="--tokenizer=bpe: its size, in tokens")
+    p.add_argument("--tokenizer_sample", type=tokenizer_sample_arg, help="--tokenizer=bpe: learn from "
+                   "at most this many characters of the train split, or this fraction of its documents")
     p.add_argument("--val_fraction", type=float, help="share of documents for val (local: 0.1)")
     p.add_argument("--doc_sep", choices=DOC_SEPS, help=".txt documents: blank lines (default), "
                    "<|endoftext|>, or none (whole file)")
@@ -343,17 +472,22 @@ def main(argv=None):
         raise UserError(f"--val_fraction must be between 0 and 1, got {val_fraction}")
     name = args.name or args.dataset or Path(args.input).resolve().stem
     data_dir = Path(args.out_dir) / name
-    common = dict(tokenizer=args.tokenizer or spec.get("tokenizer", "gpt2"), val_fraction=val_fraction,
+    tokenizer = args.tokenizer or spec.get("tokenizer", "gpt2")
+    if (args.vocab_size or args.tokenizer_sample) and tokenizer != "bpe":
+        option = "--vocab_size" if args.vocab_size else "--tokenizer_sample"
+        raise UserError(f"{option} is for learning a BPE: use it with --tokenizer=bpe")
+    common = dict(tokenizer=tokenizer, val_fraction=val_fraction,
                   text_field=args.text_field, num_proc=args.num_proc, force=args.force, name=name,
-                  command=shlex.join(["python", "prepare.py", *argv]))
+                  command=shlex.join(["python", "prepare.py", *argv]), vocab_size=args.vocab_size,
+                  tokenizer_sample=args.tokenizer_sample)
     started = time.time()
     if (args.format or spec.get("format")) == "chat":  # conversations, with a loss mask on the replies
         if args.input is None and spec.get("format") != "chat":
             raise UserError("--format=chat reads --input=FILE.jsonl or a chat dataset (ultrachat)")
         hub = spec if args.input is None else None
-        meta = prepare_chat(data_dir, paths=None if hub else input_files(args.input), hub=hub,
-                                 tokenizer=common["tokenizer"], val_fraction=val_fraction, force=args.force,
-                                 name=name, command=common["command"])
+        chat = {k: common[k] for k in ("tokenizer", "val_fraction", "force", "name", "command", "vocab_size",
+                                       "tokenizer_sample")}
+        meta = prepare_chat(data_dir, paths=None if hub else input_files(args.input), hub=hub, **chat)
     elif args.input is None and "load" in spec:
         meta = prepare_hub(spec, data_dir, **common)
     else:

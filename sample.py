@@ -191,8 +191,8 @@ def _answer(engine, ids, history):
     """Stream one reply to stdout; returns the history with it (or without the question if the
     reply came out empty, so that turns keep alternating)."""
     print("bot> ", end="", flush=True)
-    pieces, stats = [], {}
-    reply = engine.reply({"ids": ids, "settings": engine.defaults, "chat": True}, stats)
+    pieces = []
+    reply = engine.reply(ids, chat=True)
     try:
         for piece in reply:
             print(piece, end="", flush=True)

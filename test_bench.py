@@ -1,16 +1,15 @@
 """Tests of bench.py: `python bench.py --quick` runs every section at tiny sizes and writes them all."""
 import json
 
-import pytest
 import torch
 
-import bench
 from conftest import SHARED, run_script
 
 
 def test_bench_quick_runs_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--quick", f"--out={out}")
+    sections = "cpu,train,sample,prepare,serve,tokenizer,payoff"  # payoff is not a default section
+    result = run_script("bench.py", "--quick", f"--out={out}", f"--only={sections}")
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert {"device", "torch", "threads"} <= set(data["env"]), data["env"]
@@ -26,7 +25,19 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
             assert p["tokens"] > 0 and p["tokens_per_s"] > 0 and p["peak_rss_mb"] > 0, data["prepare"]
         ours, theirs = data["prepare"]["prepare_py"]["tokens"], data["prepare"]["datasets_map"]["tokens"]
         assert abs(ours - theirs) < 0.01 * ours, f"the two ways tokenized {ours} and {theirs} tokens"
-    for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s"):
+        learned = data["tokenizer"]["learn"]["0.2"]
+        assert learned["prepare_py"]["seconds"] > 0 and learned["tokenizers"]["peak_rss_mb"] > 0, learned
+        assert data["tokenizer"]["tokenize"]["bpe"]["tokens_per_s"] > 0, data["tokenizer"]
+        for name, vocab_size in (("bpe", 512), ("gpt2", 50257)):
+            run = data["payoff"][name]
+            assert run["vocab_size"] == vocab_size and 0 < run["val_bpb"] < 20 and run["tokens_per_s"] > 0, run
+    serve = data["serve"]  # 1 streaming client, then 8 at once, against serve.py
+    for run, clients in (("one_client", 1), ("eight_clients", 8)):
+        r = serve[run]
+        assert r["clients"] == clients and r["replies"] >= clients and r["lost"] == 0, r
+        assert r["tokens_per_s"] > 0 and len(r["ttft_ms"]) == r["whole"], r
+    assert serve["batched_over_one_client"] > 0
+    for needle in ("ms/iter", "cache batch1", "tok/s", "GFLOP/s", "8 clients batched / 1 client"):
         assert needle in result.stdout, result.stdout
 
 
@@ -39,12 +50,5 @@ def test_bench_recipe_quick_runs_both_recipes_side_by_side(tmp_path):
         iters = [it for it, _, _ in r[name]["evals"]]
         assert iters == [0, 10, 20], r[name]  # evaluated every 10 of the toy's 20 iterations
         assert r[name]["seconds"] > 0 and r[name]["final_val_loss"] == r[name]["evals"][-1][2]
-    assert "time to val 1.88" in result.stdout, result.stdout
+    assert "time to 1.88" in result.stdout, result.stdout
 
-
-def test_time_to_reach_interpolates_between_the_evaluations_around_the_crossing():
-    evals = [(0, 0.0, 4.0), (50, 10.0, 2.0), (100, 20.0, 1.8), (150, 30.0, 1.7)]
-    assert bench.time_to_reach(evals, 1.88) == pytest.approx(10.0 + 10.0 * 0.12 / 0.2)
-    assert bench.time_to_reach(evals, 2.0) == 10.0  # reached exactly at an evaluation
-    assert bench.time_to_reach(evals, 1.5) is None
-    assert bench.time_to_reach(evals, 5.0) == 0.0  # already there at the first evaluation

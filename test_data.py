@@ -75,3 +75,27 @@ def test_staged_outputs_appear_together_only_when_the_block_finishes(tmp_path):
             tmp["a.bin"].write_text("x")
             raise KeyboardInterrupt
     assert not (tmp_path / "fresh").exists()
+
+
+def test_staged_folder_takes_its_name_whole_or_not_at_all(tmp_path):
+    folder = tmp_path / "hf"
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while filling it: nothing under either name
+        with fileio.staged_folder(folder) as tmp:
+            (tmp / "config.json").write_text("half")
+            raise KeyboardInterrupt
+    assert not list(tmp_path.iterdir())
+    with fileio.staged_folder(folder) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.txt").write_text("first")
+        assert not folder.exists(), "nothing under its final name before the block ends"
+    assert (folder / "sub" / "a.txt").read_text() == "first"
+    with pytest.raises(UserError, match="hf already exists"):
+        with fileio.staged_folder(folder):
+            pass
+    with pytest.raises(KeyboardInterrupt):  # a failed replacement keeps the old folder
+        with fileio.staged_folder(folder, replace=True) as tmp:
+            raise KeyboardInterrupt
+    assert (folder / "sub" / "a.txt").read_text() == "first" and len(list(tmp_path.iterdir())) == 1
+    with fileio.staged_folder(folder, replace=True) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"] and [p.name for p in folder.iterdir()] == ["b.txt"]

@@ -3,16 +3,18 @@ yields whole characters, and the Engine fits chat prompts into the context and k
 vocabulary cannot chat.
 """
 import copy
+import queue
+import time
 
 import pytest
 import torch
 
 import sample
-import serve
 from checkpoint import GPT2_META
-from conftest import CHAR_META, greedy_ids, needs_gpt2_files, tiny_engine
+from conftest import CHAR_META, char_tokenizer, greedy_ids, needs_gpt2_files, tiny_engine, tiny_variant
 from configurator import UserError
-from engine import DecodingLinear, prepare_for_decoding, ready_for_decoding, stream_text
+from engine import (DecodingLinear, Engine, QueueFull, ReplyText, prepare_for_decoding, ready_for_decoding,
+                    stream_text)
 from model import GPT, GPTConfig
 from tokenizer import check_chat_tokenizer, load_tokenizer
 
@@ -120,12 +122,96 @@ def test_chat_prompt_drops_oldest_turns_but_keeps_the_system_message():
 
 def test_char_vocabulary_without_the_markers_cannot_chat_and_says_so():
     tok = load_tokenizer({"tokenizer": "char", "chars": list("abc "), "eot_token": 4})
-    with pytest.raises(UserError, match="chat template.*GPT-2 BPE"):
+    with pytest.raises(UserError, match="chat template.*a BPE model"):
         check_chat_tokenizer(tok)
     engine = tiny_engine(tok=tok)
-    with pytest.raises(UserError, match="chat template.*GPT-2 BPE"):  # sample.py --chat: one line
+    assert "a BPE model" in engine.chat_error  # serve.py refuses its chat requests with this
+    with pytest.raises(UserError, match="chat template.*a BPE model"):  # sample.py --chat: one line
         sample.chat_in_terminal(engine)
-    assert serve.info(engine)["chat"] is False
-    with pytest.raises(ValueError, match="GPT-2 BPE"):
-        serve.parse_request(engine, {"messages": [{"role": "user", "content": "abc"}]})
-    assert serve.parse_request(engine, {"prompt": "abc"})["ids"] == [0, 1, 2]  # story mode still works
+    assert engine.story_prompt("abc") == ([0, 1, 2], 0)  # story mode still works
+
+
+def test_reply_text_ends_before_a_stop_string_even_one_split_across_tokens():
+    tok = char_tokenizer()
+    text = ReplyText(tok, chat=True, stop=["END", "xyz"])
+    shown = [text.push(t) for t in tok.encode("  Hello, the ENd and EN")]
+    assert "".join(shown) == "Hello, the ENd and " and shown[:3] == ["", "", "H"], shown  # "EN" may begin END
+    assert text.push(tok.encode("D")[0]) == "" and text.stopped and text.flush() == ""
+    text = ReplyText(tok, stop=["xyz"])
+    assert "".join(text.push(t) for t in tok.encode(" ab xy")) == " ab " and text.flush() == "xy"
+
+
+# -----------------------------------------------------------------------------
+# Continuous batching
+
+
+def run_together(engine, prompts, settings, late=None):
+    """Submit the prompts (each with its settings) so that the worker admits them together, then
+    `late` (a prompt and settings) once the first has made 5 tokens; each one's tokens."""
+    outs = [queue.SimpleQueue() for _ in range(len(prompts) + bool(late))]
+    with engine.wakeup:  # held: the worker cannot admit any until all are queued
+        requests = [engine.submit(p, s, q.put) for p, s, q in zip(prompts, settings, outs)]
+    if late:
+        while requests[0].made < 5:
+            time.sleep(0.001)
+        engine.submit(*late, outs[-1].put)
+    return [list(iter(q.get, None)) for q in outs]
+
+
+def dirty_memory(floats):
+    """Leave NaNs where torch's next allocations of up to `floats` floats are likely to land (freed
+    memory of the same sizes): an uninitialised cache row would hand them to attention, where a
+    mask's weight of 0 times NaN is NaN."""
+    junk = [torch.full((n,), float("nan")) for n in range(floats // 8, floats + 1, floats // 8)
+            for _ in range(4)]
+    del junk
+
+
+@pytest.mark.parametrize("variant", [None, "all"])
+def test_batched_greedy_decoding_gives_each_request_exactly_what_it_gets_alone(variant):
+    tok = char_tokenizer()
+    model = tiny_variant(variant, block_size=32, vocab_size=tok.vocab_size)
+    prompts = [tok.encode(p) for p in ("Hello", "A longer prompt", "x", "Once upon a time, there")]
+    lengths = [50, 20, 60, 45]  # past block_size 32: windows slide while other rows decode
+    dirty_memory(2 * 4 * 32 * 32)  # a layer's cache: keys and values of 4 rows, 32 positions, 32 wide
+    engine = Engine(model, tok, dict(temperature=0.0, max_new_tokens=8), max_batch=4)
+    settings = [{"max_new_tokens": n} for n in lengths]
+    try:  # three start together at different positions, the fourth joins while they decode
+        got = run_together(engine, prompts[:3], settings[:3], late=(prompts[3], settings[3]))
+    finally:
+        engine.close()
+    assert engine.busiest == 4, f"at most {engine.busiest} rows were decoded together"
+    for prompt, n, tokens in zip(prompts, lengths, got):
+        want = greedy_ids(model, prompt, n)  # no cache: a full forward over the last 32 tokens per token
+        want = want[:want.index(tok.eot_token)] if tok.eot_token in want else want
+        assert tokens == want, (tok.decode(prompt), tok.decode(tokens), tok.decode(want))
+
+
+def test_a_seeded_request_in_a_batch_samples_what_sample_py_samples_with_that_seed():
+    engine = tiny_engine(seed=1, block_size=32, max_batch=4)
+    settings = dict(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=40, seed=7)
+    prompt = engine.tok.encode("Once")
+    torch.manual_seed(7)  # as sample.py --seed=7 does
+    want = "".join(stream_text(engine.model, engine.tok, prompt, settings))
+    others = [dict(settings, seed=s, temperature=1.5) for s in (1, 2, 3)]
+    try:
+        got = run_together(engine, [prompt] + [engine.tok.encode("Hi")] * 3, [settings] + others)
+    finally:
+        engine.close()
+    texts = [engine.tok.decode(tokens) for tokens in got]
+    assert texts[0] == want and engine.busiest == 4, (texts[0], want, engine.busiest)
+    assert len(set(texts[1:])) == 3, "different seeds should give different texts"
+
+
+def test_the_queue_is_bounded_and_cancelled_requests_leave_it():
+    engine = tiny_engine(max_batch=1, max_queue=2)
+    try:
+        with engine.wakeup:  # nothing is admitted while this is held
+            waiting = [engine.submit([1], {}, lambda e: None) for _ in range(2)]
+            with pytest.raises(QueueFull, match="tiny is busy: 2 requests are waiting"):
+                engine.submit([1], {}, lambda e: None)
+            waiting[0].cancel()
+            engine.submit([1], {}, lambda e: None)  # the cancelled one no longer counts
+    finally:
+        engine.close()
+    assert waiting[0].finish == "cancelled" and waiting[0].made == 0, waiting[0].finish

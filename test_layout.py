@@ -33,15 +33,20 @@ MODULES = {p.stem: p for p in sorted(REPO.glob("*.py")) if not is_test(p)}
 TREES = {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in MODULES.items()}
 
 
-def project_imports(name):
-    """The project modules `name` imports, at the top of the file or inside a function."""
+def imports(name):
+    """The top-level packages and modules `name` imports, at the top of the file or in a function."""
     found = set()
     for node in ast.walk(TREES[name]):
         if isinstance(node, ast.Import):
             found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.add(node.module.split(".")[0])
-    return (found & set(MODULES)) - {name}
+    return found
+
+
+def project_imports(name):
+    """The project modules `name` imports."""
+    return (imports(name) & set(MODULES)) - {name}
 
 
 def is_script(name):
@@ -105,6 +110,12 @@ def test_libraries_import_no_script():
     wrong = {name: sorted(GRAPH[name] & SCRIPTS) for name in MODULES if name not in SCRIPTS}
     wrong = {name: imported for name, imported in wrong.items() if imported}
     assert not wrong, f"library modules that import a script: {wrong}"
+
+
+def test_only_serve_imports_the_web_server_packages():
+    # fastapi and uvicorn are serve.py's dependencies: training and sampling run without them
+    users = {name for name in MODULES if imports(name) & {"fastapi", "uvicorn", "starlette", "pydantic"}}
+    assert users == {"serve"}, users
 
 
 IMPORT_EACH = """

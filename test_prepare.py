@@ -15,11 +15,12 @@ import pytest
 
 import prepare
 import sources
-from conftest import (CONVERSATIONS, MALFORMED, REPO, SHARED, assert_one_line_error, needs_gpt2_files,
-                      needs_shared, run_script, write_jsonl)
+from conftest import (CONVERSATIONS, MALFORMED, REPO, SHARED, assert_one_line_error, bpe_meta, bpe_text,
+                      needs_gpt2_files, needs_shared, run_script, write_checkpoint, write_jsonl)
+from configurator import UserError
 from data import SPLITS, read_meta
 from tokenizer import EOT_TEXT as EOT
-from tokenizer import load_tokenizer
+from tokenizer import load_tokenizer, train_bpe
 
 DOCS = [
     "Once upon a time there was a tiny model.\nIt learned to speak.",
@@ -267,6 +268,106 @@ def test_existing_outputs_need_force(tmp_path):
     result = run_script("prepare.py", *args, "--tokenizer=char", "--force")
     assert result.returncode == 0, result.stderr
     assert read_meta(tmp_path / "in")["tokenizer"] == "char"
+
+
+# -----------------------------------------------------------------------------
+# prepare.py: a BPE of one's own
+
+
+def test_bpe_is_learned_from_the_train_split_and_tokenizes_both_with_worker_processes(tmp_path):
+    stories = bpe_text().splitlines()
+    docs = stories[:200] + DOCS + ["zyzzyva " * 50, "val is  zyzzyva zyzzyva\ufffd\ufffd"]
+    src = tmp_path / "stories.txt"
+    src.write_bytes(b"\n\n".join(d.encode() for d in docs[:-1]) + b"\n\nval is  zyzzyva zyzzyva\xff\xfe\n")
+    result = run_script("prepare.py", f"--input={src}", f"--out_dir={tmp_path}", "--tokenizer=bpe",
+                        "--vocab_size=300", "--num_proc=2", "--val_fraction=0.01", "--errors=replace")
+    assert result.returncode == 0, result.stderr
+    assert "huggingface/tokenizers" not in result.stderr, "forked workers must not warn: " + result.stderr
+    meta = json.loads((tmp_path / "stories" / "meta.json").read_text())
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_token"]) == ("bpe", 300, 0), meta
+    assert "tokenizer_json" not in meta, "the vocabulary lives in tokenizer.json, beside meta.json"
+    vocab = (tmp_path / "stories" / "tokenizer.json").read_text()
+    assert read_meta(tmp_path / "stories")["tokenizer_json"] == vocab
+    train, val = decoded(tmp_path / "stories")
+    assert train + EOT + val == EOT.join(docs), "every document comes back, bytes replaced as asked"
+    ids = load_split(tmp_path / "stories", "train")
+    assert ids.count(0) == len(docs) - 3 and EOT in train, "documents are separated by id 0 alone"
+    # learned from the train split alone: exactly what the trainer makes of those documents
+    assert read_meta(tmp_path / "stories")["tokenizer_json"] == train_bpe(docs[:-2], 300).json
+
+
+def test_same_input_and_settings_give_a_byte_identical_tokenizer_json(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text(bpe_text().replace("\n", "\n\n"), encoding="utf-8")
+    outputs = []
+    for run in ("a", "b"):
+        prepare.prepare_files([src], tmp_path / run, "bpe", vocab_size=320, num_proc=1)
+        outputs.append([(tmp_path / run / f).read_bytes() for f in ("tokenizer.json", "train.bin")])
+    assert outputs[0] == outputs[1]
+    assert len(json.loads(outputs[0][0])["model"]["vocab"]) == 320
+
+
+def test_tokenizer_sample_learns_from_the_first_characters_or_an_even_share_of_documents(tmp_path):
+    src = tmp_path / "in.txt"
+    docs = bpe_text().splitlines()
+    src.write_text("\n\n".join(docs), encoding="utf-8")
+    train_docs = docs[:-30]  # the last 10% are val
+    cut, first = 3000, []
+    for doc in train_docs:
+        first.append(doc[:cut - sum(map(len, first))])
+        if sum(map(len, first)) >= cut:
+            break
+    for sample, learned_from in ((cut, first), (0.5, train_docs[1::2])):
+        meta = prepare.prepare_files([src], tmp_path / str(sample), "bpe", vocab_size=300,
+                                     tokenizer_sample=sample, num_proc=1)
+        assert meta["tokenizer_json"] == train_bpe(learned_from, 300).json, sample
+
+
+def test_a_shared_tokenizer_gives_two_datasets_identical_ids(tmp_path, tiny_bpe):
+    """A tokenizer.json, a prepared dataset's folder or a training run's out_dir lend their ids."""
+    first = tmp_path / "first.txt"
+    first.write_text(bpe_text().replace("\n", "\n\n"), encoding="utf-8")
+    learned = prepare.prepare_files([first], tmp_path / "first", "bpe", vocab_size=300, num_proc=1)
+    write_checkpoint(tmp_path / "run", bpe_meta(load_tokenizer(learned)))
+    second = tmp_path / "second.txt"
+    second.write_text("A new story about a lazy fox.\n\nAnother one 🐍.\n", encoding="utf-8")
+    ids = {}
+    for source in ("first", "first/tokenizer.json", "run"):
+        out = tmp_path / source.replace("/", "_") / "out"
+        meta = prepare.prepare_files([second], out, str(tmp_path / source), num_proc=1)
+        assert meta["tokenizer_json"] == learned["tokenizer_json"], source
+        ids[source] = load_split(out, "train")
+    assert ids["first"] == ids["first/tokenizer.json"] == ids["run"] == \
+        load_tokenizer(learned).encode("A new story about a lazy fox."), ids
+
+
+def test_a_dataset_that_is_no_longer_bpe_loses_its_stale_tokenizer_json(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text(bpe_text().replace("\n", "\n\n"), encoding="utf-8")
+    prepare.prepare_files([src], tmp_path / "set", "bpe", vocab_size=300, num_proc=1)
+    assert (tmp_path / "set" / "tokenizer.json").exists()
+    prepare.prepare_files([src], tmp_path / "set", "char", num_proc=1, force=True)
+    assert read_meta(tmp_path / "set")["tokenizer"] == "char"
+    assert not (tmp_path / "set" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--tokenizer=bpe", "--vocab_size=8k"], "--vocab_size: must be a whole number of tokens, at least 257"),
+    (["--tokenizer=bpe", "--vocab_size=256"], "at least 257 (256 bytes and <|endoftext|>)"),
+    (["--tokenizer=bpe"], "--tokenizer=bpe needs --vocab_size=N"),
+    (["--vocab_size=4096"], "--vocab_size is for learning a BPE: use it with --tokenizer=bpe"),
+    (["--tokenizer=bpe", "--vocab_size=300", "--tokenizer_sample=1.5"], "a number of characters (e.g. 1e9)"),
+    (["--tokenizer=bep"], "unknown tokenizer 'bep': use gpt2, char, bpe"),
+    (["--tokenizer={tmp}"], "holds no tokenizer.json, meta.json or ckpt.pt"),
+    (["--tokenizer=bpe", "--vocab_size=50000"], "not 50,000: give more text or a smaller --vocab_size"),
+])
+def test_bpe_option_mistakes_are_one_sentence_errors(tmp_path, flags, needle):
+    src = write_txt(tmp_path / "in.txt", DOCS)
+    with pytest.raises(UserError) as e:
+        prepare.main([f"--input={src}", f"--out_dir={tmp_path / 'out'}", "--num_proc=1",
+                      *(f.format(tmp=tmp_path) for f in flags)])
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "out").exists()
 
 
 # -----------------------------------------------------------------------------

@@ -15,27 +15,11 @@ import torch
 import engine
 import hf
 import sample
-from checkpoint import GPT2_META
-from conftest import (ASCII_META, CHAR_META, REPO, assert_one_line_error, greedy_ids, needs_gpt2_files,
+from checkpoint import GPT2_META, load_checkpoint, model_from_checkpoint
+from conftest import (CHAR_META, REPO, assert_one_line_error, greedy_ids, needs_gpt2_files,
                       needs_transformers, run_script, tiny_engine, write_checkpoint)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
-
-
-class Result:
-    def __init__(self, stdout, stderr):
-        self.stdout, self.stderr, self.returncode = stdout, stderr, 0
-
-
-@pytest.fixture
-def run_sample(capsys, monkeypatch):
-    """Call sample.py's main in this process (no interpreter start-up): returns its stdout and stderr."""
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["sample.py", *map(str, args)])
-        capsys.readouterr()
-        sample.main()
-        return Result(*capsys.readouterr())
-    return run
 
 
 def assert_ok(result):
@@ -154,6 +138,18 @@ def test_gpt2_checkpoint_decodes_with_tiktoken(tmp_path, run_sample):
     assert result.stdout == "Hello, world" + tok.decode(new) + "\n", f"{result.stdout!r} vs ids {new}"
 
 
+def test_a_bpe_checkpoint_samples_with_its_own_tokenizer_after_its_dataset_is_deleted(bpe_run, run_sample):
+    out_dir, tok = bpe_run  # the dataset folder and its tokenizer.json are gone: ckpt.pt is all there is
+    ckpt = load_checkpoint(out_dir / "ckpt.pt")
+    assert ckpt["meta"]["tokenizer_json"] == tok.json
+    prompt = "the lazy fox 🐍 über"
+    result = run_sample(f"--out_dir={out_dir}", f"--start={prompt}", "--max_new_tokens=20", "--temperature=0",
+                        "--stop_at_eot=False")
+    assert_ok(result)
+    expected = prompt + greedy_text(model_from_checkpoint(ckpt).eval(), tok, prompt, 20) + "\n"
+    assert result.stdout == expected, (result.stdout, expected)
+
+
 @needs_gpt2_files
 def test_generation_stops_at_end_of_text(tmp_path, run_sample):
     torch.manual_seed(0)
@@ -247,11 +243,10 @@ def test_repl_says_once_when_the_oldest_turns_no_longer_fit(monkeypatch, capsys)
     assert out.count("the oldest turns are left out") == 1 and out.count("bot> ") == 4, out
 
 
-def test_sample_chat_runs_the_repl_through_stdin(tmp_path):
-    out = tmp_path / "out"
-    write_checkpoint(out, ASCII_META, block_size=64, n_embd=32)
-    result = run_script("sample.py", f"--out_dir={out}", "--chat", "--device=cpu", "--temperature=0",
-                        "--max_new_tokens=10", input="hello\n/reset\nhi there\n/quit\n")
+def test_sample_chat_runs_the_repl_through_stdin_from_a_bpe_checkpoint_alone(bpe_run):
+    out_dir, _ = bpe_run  # its dataset deleted
+    result = run_script("sample.py", f"--out_dir={out_dir}", "--chat", "--device=cpu", "--temperature=0",
+                        "--max_new_tokens=10", input="hello 🐍\n/reset\nhi there\n/quit\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("bot> ") == 2 and "(a new conversation)" in result.stdout, result.stdout
 

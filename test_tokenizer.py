@@ -1,15 +1,25 @@
-"""Tests of tokenizer.py, in its order: the tokenizers load_tokenizer builds, TextStream's incremental
-decoding, and the chat template (the same in training data and in generation prompts).
+"""Tests of tokenizer.py, in its order: the tokenizers load_tokenizer builds, a BPE of one's own
+(learned, exact, deterministic, loadable by transformers, told apart from others), TextStream's
+incremental decoding, and the chat template (the same in training data and in generation prompts).
 """
+import json
+
 import numpy as np
 import pytest
 
-from conftest import CONVERSATIONS, needs_gpt2_files, run_script, write_jsonl
+from checkpoint import GPT2_META
+from conftest import (CONVERSATIONS, bpe_meta, bpe_text, needs_gpt2_files, needs_transformers, run_script,
+                      write_jsonl)
 from configurator import UserError
 from data import read_meta
 from engine import Engine
 from model import GPT, GPTConfig
-from tokenizer import CHAT_TEMPLATE, EOT_TEXT, TextStream, load_tokenizer
+from tokenizer import (BPE_EOT_ID, CHAT_TEMPLATE, EOT_TEXT, BPETokenizer, TextStream, load_tokenizer,
+                       same_tokenizer, tokenizer_fields, train_bpe)
+
+# Text that breaks naive tokenizers: emoji (one with a joiner), CJK, a combining accent, a lone \r,
+# U+FFFD (what --errors=replace puts for bytes that are not UTF-8), a NUL, the end-of-text string.
+HARD_TEXT = "Üb\u0065\u0301r 🐍👩\u200d💻 東京 a\rb\r\n\ufffd\x00 <|endoftext|> café\t \U0001f600!"
 
 # -----------------------------------------------------------------------------
 # The tokenizers
@@ -23,10 +33,105 @@ def test_load_tokenizer_builds_gpt2_bpe_which_keeps_the_end_of_text_string_as_te
     assert tok.decode(ids + [tok.eot_token]) == "Hello world" + EOT_TEXT + EOT_TEXT
 
 
+@needs_gpt2_files
+def test_gpt2_byte_lengths_count_each_tokens_utf8_bytes():
+    tok = load_tokenizer({"tokenizer": "gpt2"})
+    lengths = tok.byte_lengths()
+    assert sum(lengths[i] for i in tok.encode(HARD_TEXT)) == len(HARD_TEXT.encode())
+    assert lengths[tok.eot_token] == 0 and len(lengths) == 50257
+
+
 def test_char_tokenizer_names_a_character_outside_its_vocabulary():
     chars = load_tokenizer({"tokenizer": "char", "chars": list("ab"), "eot_token": None})
     with pytest.raises(UserError, match="'z' is not in this dataset's vocabulary of 2"):
         chars.encode("abz")
+
+
+# -----------------------------------------------------------------------------
+# A BPE of one's own
+
+
+def test_bpe_round_trips_hard_text_and_counts_its_bytes_exactly(tiny_bpe):
+    ids = tiny_bpe.encode(HARD_TEXT)
+    assert tiny_bpe.decode(ids) == HARD_TEXT, ids
+    lengths = tiny_bpe.byte_lengths()
+    assert sum(lengths[i] for i in ids) == len(HARD_TEXT.encode()), "bytes per token must add up exactly"
+    # the snake's 4 bytes are several tokens (not learned as one): their lengths still add up to 4
+    snake = tiny_bpe.encode("\U0001f40d")  # 🐍 alone; in the text it follows a space
+    assert [lengths[i] for i in tiny_bpe.encode("\x00\r")] == [1, 1] and sum(lengths[i] for i in snake) == 4
+    assert tiny_bpe.encode_batch([HARD_TEXT, "a"]) == [ids, tiny_bpe.encode("a")]
+
+
+def test_bpe_keeps_the_end_of_text_string_as_text_like_the_gpt2_path(tiny_bpe):
+    ids = tiny_bpe.encode("Hello world" + EOT_TEXT)
+    assert tiny_bpe.eot_token == BPE_EOT_ID == 0 and tiny_bpe.eot_token not in ids, ids
+    assert tiny_bpe.decode(ids + [tiny_bpe.eot_token]) == "Hello world" + EOT_TEXT + EOT_TEXT
+    assert tiny_bpe.byte_lengths()[tiny_bpe.eot_token] == 0, "a document boundary is no text"
+    # the Hugging Face object alone would have parsed it: the wrapper is what keeps it text
+    raw = BPETokenizer(tiny_bpe.json).hf
+    raw.encode_special_tokens = False
+    assert BPE_EOT_ID in raw.encode(EOT_TEXT, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize("size", [257, 300, 420])
+def test_train_bpe_gives_exactly_the_vocab_size_asked(size):
+    tok = train_bpe(bpe_text().splitlines(), size, show_progress=False)
+    assert (tok.vocab_size, tok.eot_token) == (size, BPE_EOT_ID)
+    lengths = tok.byte_lengths()
+    assert len(lengths) == size and lengths[0] == 0 and min(lengths[1:]) == 1, lengths[:5]
+    if size == 257:  # the bytes alone: every token is one byte
+        assert lengths == [0] + [1] * 256
+    assert load_tokenizer(bpe_meta(tok)).encode("the cat") == tok.encode("the cat")
+
+
+def test_train_bpe_says_when_the_text_is_too_small_for_the_vocabulary():
+    with pytest.raises(UserError, match=r"enough distinct pairs for \d+ tokens, not 5,000"):
+        train_bpe(["a small text"], 5000, show_progress=False)
+    with pytest.raises(UserError, match="at least 257 tokens"):
+        train_bpe(["a small text"], 256, show_progress=False)
+
+
+def test_train_bpe_is_deterministic_across_processes(tiny_bpe):
+    again = train_bpe(bpe_text().splitlines(), 400, show_progress=False)
+    assert again.json == tiny_bpe.json
+    # another process: another seed for every hash table in Python and in the Rust trainer
+    code = ("import sys, conftest, tokenizer; sys.stdout.write(tokenizer.train_bpe("
+            "conftest.bpe_text().splitlines(), 400, show_progress=False).json)")
+    result = run_script("-c", code, env={"PYTHONHASHSEED": "123"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == tiny_bpe.json, "a second process learned another tokenizer.json"
+
+
+@needs_transformers
+def test_transformers_loads_the_tokenizer_json_and_encodes_to_the_same_ids(tiny_bpe, tmp_path):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    (tmp_path / "tokenizer.json").write_text(tiny_bpe.json, encoding="utf-8")
+    text = HARD_TEXT.replace(EOT_TEXT, "") + " " + bpe_text(5)  # transformers would parse the string
+    ids = tiny_bpe.encode(text)
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    assert fast(text)["input_ids"] == ids and fast.decode(ids) == text
+    assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] == ids
+
+
+def test_same_tokenizer_tells_vocabularies_apart_whatever_the_json_layout(tiny_bpe):
+    meta = bpe_meta(tiny_bpe)
+    pretty = meta | {"tokenizer_json": json.dumps(json.loads(tiny_bpe.json), indent=2)}
+    other = tokenizer_fields(train_bpe(bpe_text(seed=1).splitlines(), 400, show_progress=False))
+    chars = {"tokenizer": "char", "chars": list("abc"), "eot_token": 3}
+    assert same_tokenizer(meta, pretty) and same_tokenizer({"tokenizer": "gpt2"}, GPT2_META)
+    assert not same_tokenizer(meta, other) and not same_tokenizer(meta, GPT2_META)
+    assert not same_tokenizer(chars, chars | {"chars": list("abd")}) and same_tokenizer(chars, dict(chars))
+
+
+def test_a_tokenizer_json_without_end_of_text_or_not_json_is_refused(tiny_bpe):
+    parsed = json.loads(tiny_bpe.json)
+    parsed["added_tokens"] = []
+    del parsed["model"]["vocab"][EOT_TEXT]
+    with pytest.raises(UserError, match="no <\\|endoftext\\|> token"):
+        BPETokenizer(json.dumps(parsed))
+    with pytest.raises(UserError, match="not a readable tokenizer.json"):
+        BPETokenizer("{not json")
 
 
 # -----------------------------------------------------------------------------
@@ -38,6 +143,13 @@ class ByteTokenizer:
 
     def decode(self, ids):
         return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_text_stream_holds_back_a_character_split_across_bpe_tokens(tiny_bpe):
+    stream = TextStream(tiny_bpe)
+    ids = tiny_bpe.encode("a 🐍 b")
+    assert "".join(stream.push(i) for i in ids) + stream.flush() == "a 🐍 b"
+    assert all("\ufffd" not in TextStream(tiny_bpe).push(i) for i in ids[:2])
 
 
 def test_text_stream_holds_back_a_split_character_until_its_last_byte_arrives():
@@ -54,15 +166,21 @@ def test_text_stream_holds_back_a_split_character_until_its_last_byte_arrives():
 # The chat template
 
 
-@needs_gpt2_files
-def test_chat_template_round_trips_and_mask_covers_exactly_assistant_tokens_and_end_of_turn(tmp_path):
+@pytest.mark.parametrize("tokenizer", [pytest.param("gpt2", marks=needs_gpt2_files), "learned", "reused"])
+def test_chat_template_round_trips_and_mask_covers_exactly_assistant_tokens_and_end_of_turn(
+        tmp_path, tokenizer, tiny_bpe):
     src = write_jsonl(tmp_path / "chats.jsonl", CONVERSATIONS)
+    (tmp_path / "tokenizer.json").write_text(tiny_bpe.json, encoding="utf-8")
+    flags = {"gpt2": [], "learned": ["--tokenizer=bpe", "--vocab_size=280"],  # learned from the 2 train chats
+             "reused": [f"--tokenizer={tmp_path / 'tokenizer.json'}"]}[tokenizer]
     result = run_script("prepare.py", f"--input={src}", "--format=chat", f"--out_dir={tmp_path}", "--name=c",
-                        "--val_fraction=0.34")
+                        "--val_fraction=0.34", *flags)
     assert result.returncode == 0, result.stderr
     meta = read_meta(tmp_path / "c")
     tok = load_tokenizer(meta)
     assert meta["chat_template"] == CHAT_TEMPLATE, meta
+    assert (meta["tokenizer"], meta["vocab_size"]) == {"gpt2": ("gpt2", 50257), "learned": ("bpe", 280),
+                                                       "reused": ("bpe", 400)}[tokenizer], meta
     assert (meta["train_conversations"], meta["val_conversations"], meta["skipped_conversations"]) == \
         (2, 1, 0), meta
     ids = {s: np.fromfile(tmp_path / "c" / f"{s}.bin", dtype=meta["dtype"]) for s in ("train", "val")}

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,12 +15,13 @@ import pytest
 import torch
 
 import hf
+import prepare
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import (REPO, TINY, VOCAB, assert_one_line_error, make_chat_dataset, make_dataset,
-                      needs_transformers, read_log, run_script, run_train)
+                      needs_transformers, read_log, run_script, run_train, write_checkpoint)
 from configurator import UserError, configure, device_peak_flops
-from data import read_meta
+from data import Split, read_meta
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -108,21 +110,57 @@ def test_checkpoint_that_does_not_fit_the_data_is_a_user_error(data_dir, tmp_pat
     with pytest.raises(UserError, match="block_size=32 is longer than the 16 tokens"):
         run_train(data_dir, tmp_path / "out", "--init_from=resume", "--block_size=32")
     make_dataset(tmp_path / "wide", text="".join(chr(65 + i % 40) for i in range(5000)))
-    with pytest.raises(UserError, match="vocabulary of 16 tokens but the dataset 'wide' uses 40"):
+    with pytest.raises(UserError, match="uses a 16-character vocabulary .* but the dataset 'wide' is "
+                                        "tokenized with a 40-character vocabulary"):
         run_train(tmp_path / "wide", tmp_path / "out", "--init_from=resume")
 
 
+def make_gpt2_dataset(data_dir, n_tokens=5000, seed=0):
+    """A dataset of GPT-2 ids (random, from its first 1000) as prepare.py writes one."""
+    ids = np.random.default_rng(seed).integers(0, 1000, n_tokens).astype(np.uint16)
+    os.makedirs(data_dir, exist_ok=True)
+    ids[:4000].tofile(data_dir / "train.bin")
+    ids[4000:].tofile(data_dir / "val.bin")
+    meta = {"name": data_dir.name, "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}
+    (data_dir / "meta.json").write_text(json.dumps(meta | {"dtype": "uint16"}))
+    return data_dir
+
+
 @needs_transformers
-def test_init_from_a_local_hugging_face_dir_crops_and_fine_tunes(data_dir, tmp_path):
+def test_init_from_a_local_hugging_face_dir_crops_and_fine_tunes_on_gpt2_tokens_only(data_dir, tmp_path):
     torch.manual_seed(0)
-    hf_model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32))
+    hf_model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32))
     hf.save_pretrained(hf_model, tmp_path / "hf")
-    s = run_train(data_dir, tmp_path / "out", f"--init_from={tmp_path / 'hf'}", "--dropout=0.1",
-                  "--max_iters=10")
+    s = run_train(make_gpt2_dataset(tmp_path / "gpt2"), tmp_path / "out", f"--init_from={tmp_path / 'hf'}",
+                  "--dropout=0.1", "--max_iters=10")
     ckpt = torch.load(tmp_path / "out/ckpt.pt", weights_only=True)
     args = ckpt["model_args"]
-    assert args["block_size"] == 16 and args["vocab_size"] == 64, args
+    assert args["block_size"] == 16 and args["vocab_size"] == 50257, args
     assert args["dropout"] == 0.1 and args["bias"] is True, args
+    assert s["evals"][-1]["val"] < s["evals"][0]["val"], s["evals"]
+    # GPT-2's weights on a character dataset: the ids would mean other text to the model
+    with pytest.raises(UserError, match="uses GPT-2's BPE .* tokenized with a 16-character vocabulary .* "
+                                        "--tokenizer=gpt2"):
+        run_train(data_dir, tmp_path / "out2", f"--init_from={tmp_path / 'hf'}")
+
+
+def test_fine_tuning_on_a_dataset_with_another_tokenizer_is_a_one_line_error(bpe_run, data_dir, tmp_path):
+    out_dir, _ = bpe_run
+    proc = run_script("train.py", *TINY, f"--data_dir={data_dir}", f"--out_dir={tmp_path}/ft",
+                      f"--init_from={out_dir}")
+    assert_one_line_error(proc, f"{out_dir} uses a 400-token BPE (bpe:", "but the dataset 'tiny' is tokenized "
+                          "with a 16-character vocabulary", f"--tokenizer={out_dir}")
+
+
+def test_a_run_fine_tunes_on_a_dataset_prepared_with_its_own_tokenizer(bpe_run, tmp_path):
+    """The chat fine-tune's path: a new dataset takes the run's tokenizer (from its ckpt.pt alone)."""
+    out_dir, tok = bpe_run
+    src = tmp_path / "more.txt"
+    src.write_text("A lazy dog slept under the tree.\n\nThe fox said: 🎉!\n\n" * 30, encoding="utf-8")
+    prepare.prepare_files([src], tmp_path / "more", str(out_dir), num_proc=1)
+    s = run_train(tmp_path / "more", tmp_path / "ft", f"--init_from={out_dir}", "--max_iters=4",
+                  "--eval_interval=4")
+    assert load_checkpoint(tmp_path / "ft/ckpt.pt")["meta"]["tokenizer_json"] == tok.json
     assert s["evals"][-1]["val"] < s["evals"][0]["val"], s["evals"]
 
 
@@ -147,14 +185,60 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
 # Evaluation
 
 
-def test_eval_only_prints_val_loss_and_perplexity(data_dir, tmp_path, capsys):
+def test_eval_only_prints_val_loss_perplexity_and_bits_per_byte(data_dir, tmp_path, capsys):
     s = run_train(data_dir, tmp_path / "o", "--eval_only=True", "--eval_iters=8")
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    loss, ppl = float(line.split()[2].rstrip(",")), float(line.split()[4])
-    assert line.startswith("val loss ") and ppl == pytest.approx(math.exp(loss), rel=1e-3), line
+    words = line.replace(",", "").split()  # val loss L perplexity P B bits per byte
+    loss, ppl, bpb = float(words[2]), float(words[4]), float(words[5])
+    assert line.startswith("val loss ") and line.endswith(" bits per byte"), line
+    assert ppl == pytest.approx(math.exp(loss), rel=1e-3), line
     assert loss == pytest.approx(math.log(VOCAB), abs=0.3), f"untrained, it should score ~ln(vocab): {line}"
-    assert s == {"val_loss": pytest.approx(loss, abs=1e-4)}, s
+    # one ASCII character per token, and no mask: bits per byte is the loss in bits
+    assert bpb == pytest.approx(loss / math.log(2), abs=1e-3), line
+    assert s == {"val_loss": pytest.approx(loss, abs=1e-4), "val_perplexity": pytest.approx(ppl, rel=1e-3),
+                 "val_bpb": pytest.approx(bpb, abs=1e-4)}, s
     assert not (tmp_path / "o/ckpt.pt").exists() and not (tmp_path / "o/log.jsonl").exists()
+
+
+def test_bits_per_byte_of_a_uniform_model_over_256_one_byte_tokens_is_8(tmp_path):
+    src = tmp_path / "bytes.txt"  # one document (no end-of-text to score), many kinds of bytes
+    src.write_text("".join(chr(i) for i in range(32, 1200)) * 3, encoding="utf-8")
+    meta = prepare.prepare_files([src], tmp_path / "bytes", "bpe", vocab_size=257, doc_sep="none", num_proc=1)
+    model = GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=1, n_head=1, n_embd=8, bias=True))
+    with torch.no_grad():  # every logit 0 (the final norm outputs e0), but end-of-text's: -100
+        model.transformer.wte.weight.zero_()
+        model.transformer.wte.weight[meta["eot_token"], 0] = -100.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(torch.eye(8)[0])
+    write_checkpoint(tmp_path / "uniform", meta, model=model)
+    s = run_train(tmp_path / "bytes", tmp_path / "uniform", "--init_from=resume", "--eval_only=True")
+    assert s["val_bpb"] == pytest.approx(8.0, abs=1e-5), s
+    assert s["val_perplexity"] == pytest.approx(256, rel=1e-5), s
+
+
+def test_bits_per_byte_counts_only_the_scored_reply_tokens(tmp_path):
+    """train.evaluate against a slow explicit sum over the same batches: the per-token losses of the
+    targets the mask keeps, over their UTF-8 bytes (end-of-turn: none)."""
+    chat_dir = make_chat_dataset(tmp_path)
+    meta = read_meta(chat_dir)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=meta["vocab_size"], n_layer=1, n_head=2, n_embd=16))
+    model.eval()
+    cfg = SimpleNamespace(seed=3, eval_iters=3, batch_size=4)
+    rt = SimpleNamespace(device="cpu", autocast=nullcontext())
+    split = Split(chat_dir, "val", meta, 16, "cpu")
+    losses, bpb = train.evaluate(model, {"val": split}, cfg, rt, train.token_bytes(meta, "cpu"))
+    nats, n_bytes = 0.0, 0
+    for starts in split.starts(torch.Generator().manual_seed(cfg.seed + 1), (cfg.eval_iters, cfg.batch_size)):
+        x, y = split.batch(starts)
+        with torch.no_grad():
+            logits = model(x, y)[0]
+        for logit, target in zip(logits.view(-1, logits.size(-1)), y.view(-1).tolist()):
+            if target != -1:
+                nats -= torch.log_softmax(logit, -1)[target].item()
+                n_bytes += 0 if target == meta["eot_token"] else len(meta["chars"][target].encode())
+    assert 0 < n_bytes < cfg.eval_iters * cfg.batch_size * 16, "the mask must leave some targets out"
+    assert bpb["val"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-5), (bpb, nats, n_bytes)
 
 
 def test_eval_only_needs_no_train_split(data_dir, tmp_path):
@@ -178,6 +262,9 @@ def test_checkpoint_holds_plain_values_and_unprefixed_weights(data_dir, tmp_path
     assert not [k for k in ckpt["model"] if k.startswith(("_orig_mod.", "module."))]
     assert ckpt["config"]["max_iters"] == 10 and math.isfinite(ckpt["best_val_loss"])
     assert set(ckpt["rng"]) == {"batches", "dropout"} and len(ckpt["rng"]["dropout"]) == 1
+    scores = {"train_loss", "val_loss", "val_perplexity", "train_bpb", "val_bpb"}
+    assert set(ckpt["eval"]) == scores, ckpt["eval"]
+    assert ckpt["eval"]["val_loss"] == ckpt["best_val_loss"] and ckpt["eval"]["val_bpb"] > 0, ckpt["eval"]
     assert isinstance(ckpt["optimizer"], list) and len(ckpt["optimizer"]) == 1, "one state per optimizer"
 
 
@@ -212,8 +299,8 @@ def test_all_variants_at_once_resume_exactly_and_log_the_aux_loss(data_dir, tmp_
 def test_without_always_save_only_improvements_are_saved(data_dir, tmp_path, monkeypatch):
     val = iter([3.0, 2.0, 2.5, 1.5, 1.8])  # at iters 0, 10, 20, 30, 40
 
-    def fake_evaluate(model, splits, cfg, rt):
-        return {"train": 1.0, "val": next(val)}
+    def fake_evaluate(model, splits, cfg, rt, bytes_of):
+        return {"train": 1.0, "val": next(val)}, {"train": None, "val": None}
     monkeypatch.setattr(train, "evaluate", fake_evaluate)
     saved = []
     monkeypatch.setattr(train, "save_checkpoint", lambda path, ckpt: saved.append(ckpt["iter_num"]))
@@ -235,6 +322,9 @@ def test_loss_falls_over_30_iterations(data_dir, tmp_path):
     assert [r["iter"] for r in rows if "loss" in r] == list(range(30))
     assert [r["iter"] for r in rows if "val_loss" in r] == [0, 10, 20, 30]
     assert all(r["tokens_per_s"] > 0 and 0 <= r["mfu"] for r in rows if "loss" in r)
+    for r in (r for r in rows if "val_loss" in r):  # one ASCII character per token: bits are bytes
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2), rel=1e-4), r
+        assert r["train_bpb"] > 0 and r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"])), r
 
 
 def test_nan_loss_stops_and_leaves_the_last_checkpoint_intact(data_dir, tmp_path):

@@ -2,15 +2,26 @@
 
     GPT2Tokenizer   GPT-2's 50,257-token byte-level BPE, through tiktoken
     CharTokenizer   one id per character of a dataset's vocabulary (shakespeare_char)
+    BPETokenizer    a byte-level BPE of any size, learned from a dataset by train_bpe (Hugging Face
+                    `tokenizers`); its tokenizer.json travels in meta["tokenizer_json"]
     load_tokenizer  the tokenizer a dataset's meta.json (or a checkpoint's copy of it) names
+    same_tokenizer  whether two metas give the same ids to the same text (train.py's refusal)
 
 Every tokenizer has .name, .vocab_size, .eot_token (None if it has no end-of-text id), .encode(text),
-.encode_batch(texts) and .decode(ids). encode() never parses special tokens: the string
-"<|endoftext|>" inside a text stays text; documents are separated by the eot_token id itself.
+.encode_batch(texts), .decode(ids) and .byte_lengths() (the UTF-8 bytes each id stands for, for bits
+per byte; 0 for the end-of-text id, a boundary between documents rather than text). encode() never
+parses special tokens: the string "<|endoftext|>" inside a text stays text; documents are separated
+by the eot_token id itself.
 """
+import hashlib
+import json
+import sys
+
 from configurator import UserError
 
 EOT_TEXT = "<|endoftext|>"
+GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256}  # GPT-2's, as a meta records it
+BPE_EOT_ID = 0  # a learned BPE's <|endoftext|>: id 0 whatever the vocabulary size, then 256 bytes
 
 
 class GPT2Tokenizer:
@@ -37,6 +48,11 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self._enc.decode(ids)
 
+    def byte_lengths(self):
+        lengths = [len(self._enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+        lengths[self.eot_token] = 0  # a document boundary, not text
+        return lengths
+
 
 class CharTokenizer:
     """One id per character of the data's vocabulary, plus an end-of-text id when documents need one."""
@@ -61,6 +77,113 @@ class CharTokenizer:
     def decode(self, ids):
         return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in ids)
 
+    def byte_lengths(self):
+        return [len(c.encode()) for c in self.chars] + [0] * (self.eot_token is not None)
+
+
+# -----------------------------------------------------------------------------
+# A byte-level BPE of one's own
+#
+# Byte-level: the text's UTF-8 bytes are the alphabet, each shown in tokenizer.json as one printable
+# character (GPT-2's mapping, BYTE_CHARS), so every string encodes and there is no unknown token.
+# Learning follows GPT-2: a regular expression first cuts the text into words and runs of spaces,
+# digits or punctuation; merges never cross those cuts. The ids: <|endoftext|> 0 (BPE_EOT_ID), the
+# 256 bytes 1-256, then the merged tokens in the order they were learned.
+
+
+def _byte_chars():
+    """Byte -> the character that stands for it in a byte-level token (GPT-2's table): printable
+    Latin-1 bytes stand for themselves, the 68 others (controls, space, ...) for U+0100 onwards."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)}
+    shifted = iter(range(256, 512))
+    return {b: chr(b) if b in printable else chr(next(shifted)) for b in range(256)}
+
+
+BYTE_CHARS = _byte_chars()
+CHAR_BYTES = {c: b for b, c in BYTE_CHARS.items()}
+
+
+class BPETokenizer:
+    """A byte-level BPE held by a Hugging Face `tokenizers.Tokenizer` (.hf), built from the text of
+    its tokenizer.json (.json): the file transformers' AutoTokenizer loads too."""
+    name = "bpe"
+
+    def __init__(self, json_text):
+        from tokenizers import Tokenizer  # a Rust extension: imported when a BPE is used
+
+        try:
+            self.hf = Tokenizer.from_str(json_text)
+        except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
+            raise UserError(f"not a readable tokenizer.json ({' '.join(str(e).split())[:200]})") from None
+        self.json = json_text
+        # "<|endoftext|>" inside a text is text, as in the GPT-2 path: without this, tokenizers
+        # turns the string into the special id even with add_special_tokens=False
+        self.hf.encode_special_tokens = True
+        self.eot_token = self.hf.token_to_id(EOT_TEXT)
+        if self.eot_token is None:
+            raise UserError(f"this tokenizer.json has no {EOT_TEXT} token to separate documents with")
+        self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text):
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts):
+        # _fast: no character offsets, which nothing here uses. Threads: tokenizers' own (Rayon), but
+        # one per process in prepare.py's workers (TOKENIZERS_PARALLELISM, set there).
+        return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids):
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def byte_lengths(self):
+        """A token's bytes are exact even when it holds part of a character: one byte per character
+        of its byte-level string. Special tokens are no text: 0."""
+        special = {i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+        lengths = []
+        for i in range(self.vocab_size):
+            token = self.hf.id_to_token(i)
+            if i in special:
+                lengths.append(0)
+            elif token is None or not all(c in CHAR_BYTES for c in token):
+                raise UserError(f"token {i} ({token!r}) is not made of byte-level characters: this "
+                                "tokenizer.json is not a byte-level BPE")
+            else:
+                lengths.append(len(token))
+        return lengths
+
+
+def train_bpe(texts, vocab_size, length=None, show_progress=None):
+    """Learn a byte-level BPE of exactly vocab_size tokens from an iterator of texts, streamed:
+    memory holds the counts of distinct words, not the text. Deterministic: the trainer's ties go
+    to the lower ids and the alphabet is fixed, so the same texts give a byte-identical tokenizer.json.
+    The trainer's progress bars show on a terminal (`length`, the number of texts if known, sizes
+    the first); elsewhere they would print only blank lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise UserError(f"a byte-level BPE needs at least 257 tokens (256 bytes and {EOT_TEXT}), "
+                        f"got {vocab_size}")
+    # ignore_merges: a word that is one token in the vocabulary is that token, as tiktoken does
+    hf = Tokenizer(models.BPE(ignore_merges=True))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    alphabet = [BYTE_CHARS[b] for b in range(256)]
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT], initial_alphabet=alphabet,
+                                  show_progress=show_progress)
+    hf.train_from_iterator(texts, trainer, length=length)
+    if hf.get_vocab_size() != vocab_size:
+        raise UserError(f"the text holds only enough distinct pairs for {hf.get_vocab_size():,} tokens, "
+                        f"not {vocab_size:,}: give more text or a smaller --vocab_size")
+    assert hf.token_to_id(EOT_TEXT) == BPE_EOT_ID
+    return BPETokenizer(hf.to_str())
+
+
+# -----------------------------------------------------------------------------
+# Building and comparing tokenizers from a meta dict
+
 
 def load_tokenizer(meta):
     """The tokenizer a dataset's meta dict names: the one place in the project that builds one."""
@@ -69,13 +192,50 @@ def load_tokenizer(meta):
         return GPT2Tokenizer()
     if kind == "char":
         return CharTokenizer(meta["chars"], meta.get("eot_token"))
-    raise UserError(f"unknown tokenizer {kind!r} in meta.json (expected 'gpt2' or 'char')")
+    if kind == "bpe":
+        if "tokenizer_json" not in meta:
+            raise UserError("this meta names a BPE tokenizer but holds no tokenizer_json (data.read_meta "
+                            "adds it from the dataset's tokenizer.json); re-run prepare.py")
+        return BPETokenizer(meta["tokenizer_json"])
+    raise UserError(f"unknown tokenizer {kind!r} in meta.json (expected 'gpt2', 'char' or 'bpe')")
 
 
 def tokenizer_fields(tok):
     """What a meta dict records about a tokenizer, for load_tokenizer to rebuild it."""
+    extra = {"char": lambda: {"chars": tok.chars}, "bpe": lambda: {"tokenizer_json": tok.json}}
     return {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
-            **({"chars": tok.chars} if tok.name == "char" else {})}
+            **extra.get(tok.name, dict)()}
+
+
+def tokenizer_fingerprint(meta):
+    """A short name that is equal for two metas exactly when they give the same ids to the same text:
+    'gpt2', 'char:<hash>' or 'bpe:<hash>'. A BPE's hash covers what decides its ids (the model, the
+    special tokens, the text's pre-processing), not the JSON's layout."""
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        what = [meta["chars"], meta.get("eot_token")]
+    elif kind == "bpe":
+        parsed = json.loads(meta["tokenizer_json"])
+        what = [parsed.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer", "decoder")]
+    else:
+        return str(kind)
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return f"{kind}:{digest[:12]}"
+
+
+def same_tokenizer(a, b):
+    """Whether metas a and b (a dataset's, a checkpoint's, checkpoint.GPT2_META) tokenize alike."""
+    return tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
+
+
+def describe_tokenizer(meta):
+    """'GPT-2's BPE (50,257 tokens)', 'a 4,096-token BPE (bpe:1a2b...)', 'a 65-character vocabulary'."""
+    kind = meta.get("tokenizer")
+    if kind == "gpt2":
+        return "GPT-2's BPE (50,257 tokens)"
+    if kind == "char":
+        return f"a {len(meta['chars'])}-character vocabulary ({tokenizer_fingerprint(meta)})"
+    return f"a {meta.get('vocab_size', 0):,}-token BPE ({tokenizer_fingerprint(meta)})"
 
 
 class TextStream:
@@ -120,17 +280,18 @@ CHAT_TEMPLATE = ("sprout chat v1: 'System: ', 'User: ', 'Assistant: ' + content,
 
 
 def check_chat_tokenizer(tok):
-    """Raise UserError unless the tokenizer can write the template: GPT-2 BPE always can; a character
-    vocabulary only with an end-of-text id and every character of the role markers."""
+    """Raise UserError unless the tokenizer can write the template: a byte-level BPE always can; a
+    character vocabulary only with an end-of-text id and every character of the role markers."""
     if tok.eot_token is None:
         raise UserError("this model's vocabulary has no end-of-text token to end a chat turn with; chat "
-                        "needs a GPT-2 BPE model, e.g. one fine-tuned with config/finetune_chat.py")
+                        "needs a BPE model (GPT-2's or one's own), e.g. one fine-tuned with "
+                        "config/finetune_chat.py")
     try:
         for header in ROLES.values():
             tok.encode(header + " ")
     except UserError as e:
-        raise UserError(f"this model cannot write the chat template ({e}); chat needs a GPT-2 BPE "
-                        "model, e.g. one fine-tuned with config/finetune_chat.py") from None
+        raise UserError(f"this model cannot write the chat template ({e}); chat needs a BPE model "
+                        "(GPT-2's or one's own), e.g. one fine-tuned with config/finetune_chat.py") from None
 
 
 def encode_message(tok, role, content):

@@ -28,6 +28,7 @@ from data import Split, read_meta
 from model import GPT, GPTConfig
 from optim import configure_optimizers, load_optimizer_states, set_lr_multiplier
 from plot import write_loss_svg
+from tokenizer import describe_tokenizer, load_tokenizer, same_tokenizer
 
 DEFAULTS = dict(
     # files
@@ -40,7 +41,7 @@ DEFAULTS = dict(
     eval_interval=2000,  # iterations between evaluations; each may save a checkpoint
     eval_iters=200,  # batches per split in one evaluation
     log_interval=1,  # iterations between log lines; only these steps wait for the device
-    eval_only=False,  # print the val loss and perplexity, then exit
+    eval_only=False,  # print the val loss, perplexity and bits per byte, then exit
     always_save_checkpoint=True,  # False: save only when the val loss improves
     wandb_log=False,  # also log to Weights & Biases (pip install wandb)
     wandb_project="sprout",
@@ -145,7 +146,8 @@ def build_model(cfg, meta):
         model = GPT(config)
     else:  # resume, another run's weights, or a Hugging Face model
         hint = "; point --out_dir at an earlier run, or start one with --init_from=scratch"
-        model, _, ckpt = load_model(cfg.init_from, cfg.out_dir, hint, dropout=cfg.dropout)
+        model, model_meta, ckpt = load_model(cfg.init_from, cfg.out_dir, hint, dropout=cfg.dropout)
+        check_same_tokenizer(model_meta, meta, cfg)
         if cfg.init_from != "resume":
             ckpt = None  # another run's weights only: a fresh optimizer, schedule and data order
     model.config.grad_checkpoint = cfg.grad_checkpoint  # trades memory for compute, whatever the source
@@ -159,6 +161,20 @@ def build_model(cfg, meta):
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
     return model, ckpt
+
+
+def check_same_tokenizer(model_meta, meta, cfg):
+    """Refuse to train a model on ids that mean other text to it: a dataset prepared with another
+    tokenizer than the one the model learned (its checkpoint's meta, or GPT-2's for GPT-2 weights)."""
+    if same_tokenizer(model_meta, meta):
+        return
+    model = "the checkpoint" if cfg.init_from == "resume" else cfg.init_from
+    reuse = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from  # prepare.py reads its ckpt.pt
+    if model_meta["tokenizer"] == "gpt2":
+        reuse = "gpt2"
+    raise UserError(f"{model} uses {describe_tokenizer(model_meta)} but the dataset {meta['name']!r} is "
+                    f"tokenized with {describe_tokenizer(meta)}; prepare the data with the model's "
+                    f"tokenizer (python prepare.py ... --tokenizer={reuse}) or train from scratch")
 
 
 def lr_multiplier(it, cfg):
@@ -180,22 +196,52 @@ def lr_at(it, cfg):
     return cfg.learning_rate * lr_multiplier(it, cfg)
 
 
+def token_bytes(meta, device):
+    """The UTF-8 bytes each token id stands for (tokenizer.byte_lengths), on the device, for bits per
+    byte; None, with a note, where the tokenizer cannot be loaded (GPT-2's BPE files, offline)."""
+    try:
+        return torch.tensor(load_tokenizer(meta).byte_lengths(), dtype=torch.float32, device=device)
+    except UserError as e:
+        print(f"note: no bits per byte in this run: {e}")
+        return None
+
+
 @torch.no_grad()
-def evaluate(model, splits, cfg, rt):
-    """Mean loss over eval_iters batches of each split. The same batches every time (a fixed
-    seed, apart from the training RNG), so evaluations are comparable and resume stays exact."""
+def evaluate(model, splits, cfg, rt, bytes_of=None):
+    """(mean loss over eval_iters batches of each split, bits per byte of each split or None). Bits
+    per byte: the loss summed over the targets that count, / ln 2, / the UTF-8 bytes those targets
+    stand for (bytes_of, from token_bytes); unlike the loss, it compares models across tokenizers.
+    The same batches every time (a fixed seed, apart from the training RNG), so evaluations are
+    comparable and resume stays exact."""
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    losses = {}
+    losses, bpb = {}, {}
     for name, split in splits.items():
-        total = torch.zeros((), device=rt.device)
+        sums = torch.zeros(3, device=rt.device)  # batch losses, nats over targets, bytes of targets
         for starts in split.starts(generator, (cfg.eval_iters, cfg.batch_size)):
             x, y = split.batch(starts)
             with rt.autocast:
-                total += model(x, y)[1].float()
-        losses[name] = total.item() / cfg.eval_iters  # the only host sync of the evaluation
+                loss = model(x, y)[1].float()
+            scored = y != -1  # (B, T): chat data scores the replies only
+            sums[0] += loss
+            if bytes_of is not None:  # the loss is a mean over the scored targets
+                sums[1] += loss * scored.sum()
+                sums[2] += (bytes_of[y.clamp(min=0)] * scored).sum()
+        loss_sum, nats, n_bytes = sums.tolist()  # the only host sync of each split
+        losses[name] = loss_sum / cfg.eval_iters
+        bpb[name] = nats / math.log(2) / n_bytes if n_bytes else None
     model.train()
-    return losses
+    return losses, bpb
+
+
+def perplexity(loss):
+    return math.exp(loss) if loss < 700 else math.inf  # math.exp overflows past ~709
+
+
+def eval_summary(loss, bpb):
+    """'loss 1.2345, perplexity 3.44, 1.782 bits per byte' (bits per byte where known)."""
+    return f"loss {loss:.4f}, perplexity {perplexity(loss):.2f}" + (
+        f", {bpb:.4f} bits per byte" if bpb is not None else "")
 
 
 # -----------------------------------------------------------------------------
@@ -304,13 +350,15 @@ def evaluate_and_save(run, cfg, rt):
     dropout_rngs = rng_states(rt)  # every process joins in, before the main one evaluates
     if not rt.master:
         return
-    losses = evaluate(run.eval_model, run.splits, cfg, rt)
+    losses, bpb = evaluate(run.eval_model, run.splits, cfg, rt, run.bytes_of)
     it = run.iter_num
-    print(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-    run.log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr_at(it, cfg),
-             "tokens_per_iter": run.tokens_per_iter, "time_s": time.perf_counter() - run.started})
+    print(f"iter {it}: train loss {losses['train']:.4f}, val {eval_summary(losses['val'], bpb['val'])}")
+    scores = {"train_loss": losses["train"], "val_loss": losses["val"],
+              "val_perplexity": perplexity(losses["val"]), "train_bpb": bpb["train"], "val_bpb": bpb["val"]}
+    run.log({"iter": it, **scores, "lr": lr_at(it, cfg), "tokens_per_iter": run.tokens_per_iter,
+             "time_s": time.perf_counter() - run.started})
     write_loss_svg(cfg.out_dir)  # out_dir/loss.svg, redrawn from log.jsonl
-    run.evals.append({"iter": it, **losses})
+    run.evals.append({"iter": it, **losses, "train_bpb": bpb["train"], "val_bpb": bpb["val"]})
     for name, value in losses.items():
         if not math.isfinite(value):
             raise diverged(f"the {name} loss", value, it, run)
@@ -324,6 +372,7 @@ def evaluate_and_save(run, cfg, rt):
                 "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
                 "iter_num": it,
                 "best_val_loss": run.best_val_loss,
+                "eval": scores,  # this evaluation's: losses, perplexity, bits per byte
                 "config": vars(cfg),
                 "meta": run.meta,
                 "rng": {"batches": run.batch_rng.get_state(), "dropout": dropout_rngs},  # data position
@@ -343,9 +392,10 @@ def train(config):
         if cfg.eval_only:
             if not rt.master:
                 return {}
-            val = evaluate(run.eval_model, run.splits, cfg, rt)["val"]
-            print(f"val loss {val:.4f}, perplexity {math.exp(val):.2f}")
-            return {"val_loss": val}
+            losses, bpb = evaluate(run.eval_model, run.splits, cfg, rt, run.bytes_of)
+            print(f"val {eval_summary(losses['val'], bpb['val'])}")
+            return {"val_loss": losses["val"], "val_perplexity": perplexity(losses["val"]),
+                    "val_bpb": bpb["val"]}
         loop(run, cfg, rt)
         return {"iter_num": run.iter_num, "best_val_loss": run.best_val_loss, "losses": run.losses,
                 "evals": run.evals}
@@ -368,6 +418,7 @@ def prepare_run(cfg, rt):
                                f"{cfg.block_size} x accumulation {rt.accum} x processes {rt.world}"}))
     run.raw_model, ckpt = build_model(cfg, meta)
     run.raw_model.to(rt.device)
+    run.bytes_of = token_bytes(meta, rt.device) if rt.master else None  # only the main process evaluates
     if rt.master:
         print(f"model: {run.raw_model.get_num_params() / 1e6:.2f}M parameters, from {cfg.init_from}")
     # raw_model: for saving and MFU; eval_model: compiled, for the main process's evaluations alone;

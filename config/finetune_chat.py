@@ -6,6 +6,9 @@
 #   python train.py config/finetune_chat.py
 #   python sample.py --out_dir=out-chat --chat       # or --serve for the web page
 # From GPT-2 instead: --init_from=gpt2 (124M parameters, 1024-token context).
+# From a model with a BPE of its own (config/train_tinystories_bpe.py): tokenize the chats with its
+# vocabulary, `python prepare.py ultrachat --tokenizer=out-tinystories-bpe` (or the dataset's folder),
+# and --init_from=out-tinystories-bpe; train.py refuses data tokenized otherwise.
 
 out_dir = "out-chat"
 dataset = "ultrachat"
