@@ -95,7 +95,7 @@ def record_attention_inputs(model):
     seen = []
     for module in model.modules():
         if isinstance(module, M.CausalSelfAttention):
-            module.attend = lambda q, k, v, p, attend=module.attend: seen.append((q, k)) or attend(q, k, v, p)
+            module.attend = lambda q, k, *rest, attend=module.attend: seen.append((q, k)) or attend(q, k, *rest)
     return seen
 
 
