@@ -34,6 +34,20 @@ def test_every_config_file_sets_only_known_keys(path):
     assert c["gradient_accumulation_steps"] >= 1 and c["batch_size"] >= 1, c
 
 
+# What the presets set before the recipe (commit 9490aa2), where the recipe changed it
+PRE_RECIPE = {"train_shakespeare_char.py": dict(learning_rate=1e-3, warmup_iters=100),
+              "train_tinystories.py": dict(learning_rate=1e-3, warmup_iters=1000)}
+GPT2_BLOCK = dict(optimizer="adamw", pos_emb="learned", mlp="gelu", norm="layernorm", qk_norm=False)
+
+
+@pytest.mark.parametrize("preset", list(PRE_RECIPE))
+def test_gpt2_block_after_a_preset_gives_back_exactly_the_preset_before_the_recipe(preset):
+    recipe = configure(train.DEFAULTS, [str(REPO / "config" / preset)])
+    gpt2 = configure(train.DEFAULTS, [str(REPO / "config" / preset), str(REPO / "config/gpt2_block.py")])
+    assert (recipe["optimizer"], recipe["pos_emb"], recipe["qk_norm"]) == ("muon", "rope", True)
+    assert gpt2 == recipe | GPT2_BLOCK | PRE_RECIPE[preset], {k: v for k, v in gpt2.items() if v != recipe[k]}
+
+
 def test_gpt2_config_is_half_a_million_tokens_over_8_gpus():
     c = configure(train.DEFAULTS, [str(REPO / "config/train_gpt2.py")])
     tokens = c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"]
