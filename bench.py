@@ -3,14 +3,17 @@
     python bench.py                                   # every section, a few minutes on 2 CPU cores
     python bench.py --only=sample,cpu                 # any of: train, sample, prepare, cpu, serve, tokenizer
     python bench.py --only=payoff                     # a BPE's payoff in training: minutes, apart
-    python bench.py --only=recipe                     # time to quality against nanoGPT: minutes, apart
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
+    python bench.py --only=gpu                        # the GPU check, minutes on a CUDA machine
+    python bench.py --only=recipe                     # time to quality against nanoGPT: minutes, apart
 
 Sections:
-  train    ms/iter, tokens/s and MFU of train.py's own training step (train.train_step) on a
-           synthetic dataset, after warm-up, median of several iterations. Default: the CPU
-           shakespeare_char recipe (block 64, batch 12, 4 layers, 4 heads, 128 wide, vocab 65).
+  train    ms/iter, tokens/s, MFU and peak memory of `python train.py` as users run it, on a
+           synthetic dataset: the medians of what its log.jsonl says over the timed iterations after
+           warm-up. Default: the CPU shakespeare_char recipe (block 64, batch 12, 4 layers, 4 heads,
+           128 wide, vocab 65); config files (--config=FILE) and train.py's --key=value settings
+           are handed on to train.py.
   sample   decoding tokens/s of a 6-layer, 384-wide GPT-2-vocabulary model for 500 new tokens,
            with the KV cache (GPT.generate_stream, what sample.py runs) and without it (a full
            forward over the context for every token), batch 1 and 8, same weights and seed.
@@ -26,41 +29,42 @@ Sections:
   serve    serve.py under load: 1 streaming client, then 8 at once, on a 6-layer, 384-wide model:
            tokens/s in all and per client, time to first token, replies whole or lost; 8 clients
            batched against 1 client alone, and against 8 served one at a time (--max_batch=1).
-  recipe   the README's CPU shakespeare_char run with its config's recipe and with nanoGPT's, side by
-           side for 2000 iterations: wall time to val 1.88 over nanoGPT's 2000 iterations; val at 2000.
+  gpu      not run by default: GPT-2 124M training MFU, GPU decoding, and the shakespeare_char GPU
+           recipe's time to val 1.47 with AdamW and with Muon: gpucheck.py says what each part measures.
+  recipe   not run by default: the README's CPU shakespeare_char run with its config's recipe and with
+           nanoGPT's, side by side: wall time to val 1.88 over nanoGPT's 2000 iterations; val at 2000.
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import redirect_stdout
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from functools import lru_cache
-from io import StringIO
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 import configurator
-from checkpoint import GPT2_META, save_checkpoint
+from checkpoint import GPT2_META, load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import UserError, measured_matmul_flops, pick_device, pick_dtype
+from gpucheck import gpu_rows, run_gpu_check
 from loadtest import load_test, summary
-from measure import (ROOT, SHARED_DATA, baseline_prepare, build_corpus, find_gpt2_files, learn_directly,
-                     learn_through_prepare, measure_process, python_call, time_to_reach, train_side_by_side,
-                     write_random_dataset)
-from model import GPT, GPTConfig, sample_logits
+from measure import (QUICK_SAMPLE_MODEL, ROOT, SAMPLE_MODEL, SHARED_DATA, baseline_prepare, build_corpus,
+                     environment, find_gpt2_files, iteration_rows, learn_directly, learn_through_prepare,
+                     measure_process, memory_bandwidth, python_call, thread_env, time_decoding, time_to_target,
+                     train_speed, watch_training, write_random_dataset)
+from model import GPT, GPTConfig
 
 # in this order: cpu's bandwidth bounds sampling
-SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff", "recipe")
+SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff", "gpu", "recipe")
 
 BENCH_DEFAULTS = dict(
-    only="train,sample,prepare,cpu,serve,tokenizer",  # comma-separated sections to run (payoff: apart)
+    only="train,sample,prepare,cpu,serve,tokenizer",  # comma-separated sections to run (payoff, gpu: apart)
     quick=False,  # tiny sizes everywhere: checks that the script runs, not how fast anything is
     out="bench.json",  # where the results go
     threads=0,  # torch threads; 0 = torch's default (one per core)
@@ -76,17 +80,22 @@ BENCH_DEFAULTS = dict(
     payoff_vocab_size=4096,  # the payoff's BPE, against GPT-2's 50,257 tokens
     payoff_seconds=120.0,  # training time for each of the two models
     payoff_eval_iters=20,  # batches per evaluation (ten of them, spread over the time, not counted)
+    device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
+    dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', ...
+    seed=1337,
+    shakespeare_dir="data/shakespeare_char",  # the gpu and recipe sections' data: python prepare.py shakespeare_char
+    gpu_budget_s=480.0,  # the gpu section's parts are capped at shares of this (GPU_SHARES)
 )
-# The CPU shakespeare_char recipe from the README, on top of train.py's defaults.
-TRAIN_RECIPE = dict(device="auto", dtype="auto", compile=False, block_size=64, batch_size=12, n_layer=4,
-                    n_head=4, n_embd=128, dropout=0.0, gradient_accumulation_steps=1)
-SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
+# The CPU shakespeare_char recipe from the README, on top of train.py's defaults (a config file that
+# train.py reads first: the user's config files and flags come after it and win).
+TRAIN_RECIPE = dict(compile=False, block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                    gradient_accumulation_steps=1)
+QUICK_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32"]  # train.py flags for --quick
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
 QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
              serve_seconds=0.5, bpe_vocab_size=512, tokenizer_corpus_mb=(0.2,), payoff_vocab_size=512,
              payoff_seconds=0.5, payoff_eval_iters=1)
-QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
 QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
 SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
 
@@ -96,64 +105,24 @@ SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (i
 
 
 def bench_train(cfg, device):
-    """Time train.py's step on the configured model, reading batches from a synthetic dataset."""
-    import train
-
+    """`python train.py` on the configured model and a synthetic dataset, as users run it."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_random_dataset(tmp, cfg.vocab_size, n_tokens=max(100_000, 4 * cfg.block_size))
-        tcfg = SimpleNamespace(**{k: getattr(cfg, k) for k in train.DEFAULTS} | dict(
-            data_dir=tmp, out_dir=os.path.join(tmp, "out"), init_from="scratch", eval_only=False,
-            wandb_log=False, device=device))
-        with redirect_stdout(StringIO()):  # train.py's config printout
-            rt = train.setup(tcfg)
-            run = train.prepare_run(tcfg, rt)
-        times = []
-        for i in range(cfg.warmup_iters + cfg.timed_iters):
-            starts = run.splits["train"].starts(run.batch_rng, (rt.accum, cfg.batch_size))  # (accum, B)
-            t0 = time.perf_counter()
-            train.train_step(run, starts, tcfg, rt, want_loss=True).item()  # .item() waits for the device
-            if i >= cfg.warmup_iters:
-                times.append(time.perf_counter() - t0)
-        peak_mb = step_peak_memory_mb(lambda: train.train_step(run, starts, tcfg, rt, want_loss=True).item(),
-                                      rt.device)
-    dt = statistics.median(times)
-    model = run.raw_model
-    return {"step": "train.train_step", "ms_per_iter": dt * 1000, "tokens_per_s": run.tokens_per_iter / dt,
-            "mfu": model.flops_per_token() * run.tokens_per_iter / dt / rt.peak_flops, "timed_iters": cfg.timed_iters,
-            "warmup_iters": cfg.warmup_iters, "dtype": rt.dtype, "compile": rt.compile,
-            "params": model.get_num_params(), "tokens_per_iter": run.tokens_per_iter,
-            "step_peak_memory_mb": peak_mb,
-            "model": {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                                   "gradient_accumulation_steps", "dropout", "bias")}
-            | {"vocab_size": model.config.vocab_size}, "variants": variant_settings(model.config)}
+        write_random_dataset(tmp, cfg.vocab_size, n_tokens=1_000_000)
+        args = [write_recipe(tmp), *cfg.train_args, *(QUICK_MODEL if cfg.quick else []), f"--device={device}",
+                f"--dtype={cfg.dtype}", f"--data_dir={tmp}"]
+        result = train_speed(args, Path(tmp, "out"), cfg.warmup_iters, cfg.timed_iters, env=thread_env(cfg.threads))
+    flags = [a.removeprefix("--").partition("=") for a in cfg.train_args + (QUICK_MODEL if cfg.quick else [])]
+    configs = [a for a in cfg.train_args if not a.startswith("--")]  # their settings are train.py's to read
+    settings = ({} if configs else TRAIN_RECIPE) | {key: value or "True" for key, _, value in flags if key}
+    return {"command": " ".join(["train.py", *cfg.train_args]), "settings": settings, "dtype": cfg.dtype,
+            **result}
 
 
-def step_peak_memory_mb(step, device):
-    """Peak memory one call of step() allocates above what was held before it (activations, gradients,
-    optimizer temporaries): CUDA's allocator counters, or on a CPU, which has none, the running total
-    of the allocations and frees torch's profiler records. None on other devices."""
-    if device.startswith("cuda"):
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        return (torch.cuda.max_memory_allocated(device) - base) / 1e6
-    if device != "cpu":
-        return None
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        step()
-    total = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        total += event.self_cpu_memory_usage  # + bytes allocated, - bytes freed, by this op alone
-        peak = max(peak, total)
-    return peak / 1e6
-
-
-def variant_settings(config):
-    """The model variants (model.py) that differ from GPT-2's defaults, e.g. {"pos_emb": "rope"}."""
-    default = GPTConfig()
-    keys = ("pos_emb", "mlp", "norm", "n_expert", "n_expert_active", "grad_checkpoint")
-    return {k: getattr(config, k) for k in keys if getattr(config, k) != getattr(default, k)}
+def write_recipe(folder):
+    """TRAIN_RECIPE as a config file in folder, for train.py to read before any other."""
+    path = Path(folder, "recipe.py")
+    path.write_text("".join(f"{k} = {v!r}\n" for k, v in TRAIN_RECIPE.items()))
+    return path
 
 
 # -----------------------------------------------------------------------------
@@ -197,38 +166,6 @@ def bench_sample(cfg, device):
             "cache_batch1_share_of_bound": runs["cache_batch1"]["tokens_per_s"] / bound}
 
 
-def time_decoding(model, idx, n, cache, settings, seed, repeats):
-    """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike."""
-    decode = decode_with_cache if cache else decode_without_cache
-    decode(model, idx, 2, **settings)  # warm-up: first-call allocations
-    seconds = []
-    for _ in range(repeats):
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        decode(model, idx, n, **settings)
-        if idx.is_cuda:
-            torch.cuda.synchronize()  # the last tokens may still be in flight
-        seconds.append(time.perf_counter() - t0)
-    dt = statistics.median(seconds)
-    return {"tokens_per_s": idx.size(0) * n / dt, "seconds": dt, "batch": idx.size(0), "runs_s": seconds}
-
-
-def decode_with_cache(model, idx, n, temperature, top_k, top_p):
-    """n new tokens through the KV cache: what sample.py does."""
-    for _ in model.generate_stream(idx, n, temperature, top_k or None, top_p):
-        pass
-
-
-@torch.no_grad()
-def decode_without_cache(model, idx, n, temperature, top_k, top_p):
-    """n new tokens the slow way: every token runs the whole (cropped) context through the model."""
-    for _ in range(n):
-        logits, _ = model(idx[:, -model.config.block_size:])  # (B, 1, V)
-        next_token = sample_logits(logits[:, -1], temperature, top_k or None, top_p)  # (B,)
-        idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
-    return idx
-
-
 # -----------------------------------------------------------------------------
 # CPU (or device) peaks
 
@@ -238,21 +175,6 @@ def bench_cpu(cfg, device):
     dtype = "float32"
     return {"matmul_gflops": measured_matmul_flops(device, dtype, n=n) / 1e9, "matmul_n": n,
             "matmul_dtype": dtype, "memory_gb_s": memory_bandwidth(device, cfg.quick) / 1e9}
-
-
-@lru_cache(maxsize=None)
-def memory_bandwidth(device, quick=False):
-    """Bytes per second read by a sum over a tensor larger than the caches, best of several: the
-    speed at which weights can stream in (decoding reads them, and writes next to nothing)."""
-    data = torch.ones((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
-    best = float("inf")
-    for _ in range(3 if quick else 10):
-        t0 = time.perf_counter()
-        data.sum()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return data.numel() * data.element_size() / best
 
 
 # -----------------------------------------------------------------------------
@@ -314,12 +236,12 @@ def bench_tokenizer(cfg):
 
 def bench_payoff(cfg, device):
     """The CPU recipe's model on the TinyStories sample, with a BPE of payoff_vocab_size tokens and
-    with GPT-2's vocabulary: each trained for payoff_seconds, then training tokens/s and val bits per
-    byte (ten evaluations spread over the time: the last and the best)."""
+    with GPT-2's vocabulary: each trained for about payoff_seconds, then training tokens/s and val bits
+    per byte (ten evaluations spread over the time: the last and the best)."""
     sample = SHARED_DATA / "tinystories_sample.txt"
     if not sample.is_file():
         return {"skipped": f"no {sample}"}
-    find_gpt2_files(os.environ)  # train.py's bits per byte reads GPT-2's BPE files in this process
+    find_gpt2_files(os.environ)  # train.py's bits per byte reads GPT-2's BPE files (it inherits this)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in (("bpe", ["--tokenizer=bpe", f"--vocab_size={cfg.payoff_vocab_size}"]),
@@ -332,27 +254,23 @@ def bench_payoff(cfg, device):
 
 
 def train_for(cfg, device, data_dir):
-    """train.py's step on data_dir for cfg.payoff_seconds (constant learning rate 1e-3)."""
-    import train
-
-    tcfg = SimpleNamespace(**{k: getattr(cfg, k) for k in train.DEFAULTS} | dict(
-        data_dir=str(data_dir), out_dir=str(data_dir / "out"), init_from="scratch", eval_only=False,
-        wandb_log=False, device=device, learning_rate=1e-3, decay_lr=False, eval_iters=cfg.payoff_eval_iters))
-    with redirect_stdout(StringIO()):
-        rt = train.setup(tcfg)
-        run = train.prepare_run(tcfg, rt)
-    trained, iters, curve = 0.0, 0, []
-    for check in range(1, 11):
-        while trained < cfg.payoff_seconds * check / 10:
-            starts = run.splits["train"].starts(run.batch_rng, (rt.accum, tcfg.batch_size))  # (accum, B)
-            t0 = time.perf_counter()
-            train.train_step(run, starts, tcfg, rt, want_loss=True).item()  # .item() waits for the device
-            trained, iters = trained + time.perf_counter() - t0, iters + 1
-        val = {"val": run.splits["val"]}
-        curve.append(train.evaluate(run.eval_model, val, tcfg, rt, run.bytes_of)[1]["val"])
-    return {"params": run.raw_model.get_num_params(), "vocab_size": run.raw_model.config.vocab_size,
-            "iters": iters, "tokens_per_s": iters * run.tokens_per_iter / trained, "val_bpb": curve[-1],
-            "best_val_bpb": min(curve), "val_bpb_curve": curve}
+    """train.py (the CPU recipe, constant learning rate 1e-3) on data_dir for about cfg.payoff_seconds
+    of training: as many iterations as a short first run says fit, with ten evaluations (val bits per
+    byte) spread over them, whose time does not count."""
+    base = [write_recipe(data_dir), *cfg.train_args, f"--device={device}", f"--data_dir={data_dir}",
+            "--learning_rate=1e-3", "--decay_lr=False", f"--eval_iters={cfg.payoff_eval_iters}", "--log_interval=1"]
+    iters = 10  # --quick's
+    if not cfg.quick:
+        probe = train_speed(base, data_dir / "probe", 2, 8, env=thread_env(cfg.threads))
+        iters = 10 * max(1, round(cfg.payoff_seconds * 1000 / probe["ms_per_iter"] / 10))
+    rows, _ = watch_training([*base, "--init_from=scratch", "--wandb_log=False", f"--max_iters={iters}",
+                              f"--eval_interval={iters // 10}"], data_dir / "out", env=thread_env(cfg.threads))
+    steps, curve = iteration_rows(rows), [r["val_bpb"] for r in rows if "val_bpb" in r and r["iter"] > 0]
+    trained = sum(r["ms_per_iter"] for r in steps) / 1000  # log_interval is 1: a row per iteration
+    model = model_from_checkpoint(load_checkpoint(data_dir / "out" / "ckpt.pt"))
+    return {"params": model.get_num_params(), "vocab_size": model.config.vocab_size, "iters": len(steps),
+            "seconds": trained, "tokens_per_s": len(steps) * steps[-1]["tokens_per_iter"] / trained,
+            "val_bpb": curve[-1], "best_val_bpb": min(curve), "val_bpb_curve": curve}
 
 
 # -----------------------------------------------------------------------------
@@ -407,31 +325,32 @@ NANOGPT = ["config/gpt2_block.py", "--bias=False", "--beta2=0.99", "--weight_dec
 RECIPE_QUICK = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--max_iters=20",
                 "--lr_decay_iters=20", "--eval_interval=10", "--eval_iters=2"]  # a toy on random tokens
 RECIPE_TARGET = 1.88
-RECIPE_GOALS = {"time_to_target_over_nanogpt": 0.4, "final_val_loss": 1.60}  # issue 14
+RECIPE_GOALS = {"time_to_target_over_nanogpt": 0.4, "final_val": 1.60}  # issue 14
 
 
 def bench_recipe(cfg):
-    """The config's recipe and nanoGPT's for the README's run, side by side on half the cores each."""
+    """The config's recipe and nanoGPT's for the README's run, started together on half the cores
+    each: both see the same machine, so the ratio of their times holds on a busy one."""
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(ROOT, "data", "shakespeare_char")
+        data = Path(ROOT, cfg.shakespeare_dir)
         if cfg.quick:
             data = Path(tmp, "data")
             data.mkdir()
             write_random_dataset(data, 65, n_tokens=10_000)
         elif not (data / "meta.json").is_file():
-            return {"skipped": "no data/shakespeare_char: run python prepare.py shakespeare_char"}
+            return {"skipped": f"no {cfg.shakespeare_dir}: run python prepare.py shakespeare_char"}
         flags = RECIPE_RUN + RECIPE_QUICK * cfg.quick + [f"--data_dir={data}", f"--seed={cfg.seed}"]
         threads = max(1, (os.cpu_count() or 2) // 2)
-        logs = train_side_by_side({"recipe": flags, "nanogpt": flags + NANOGPT}, tmp, threads)
-    runs = {}
-    for name, rows in logs.items():
-        evals = [(r["iter"], r["time_s"], r["val_loss"]) for r in rows if "val_loss" in r]
-        runs[name] = {"evals": evals, "final_val_loss": evals[-1][2], "seconds": evals[-1][1],
-                      "time_to_target_s": time_to_reach(evals, RECIPE_TARGET)}
-    reached, base_s = runs["recipe"]["time_to_target_s"], runs["nanogpt"]["seconds"]
-    return {**runs, "target": RECIPE_TARGET, "goals": RECIPE_GOALS, "threads_each": threads,
-            "time_to_target_over_nanogpt": reached / base_s if reached is not None else None,
-            "recipe_val_at_nanogpt_seconds": [v for _, t, v in runs["recipe"]["evals"] if t <= base_s][-1]}
+        with ThreadPoolExecutor(2) as pool:
+            runs = {name: pool.submit(watch_training, args, Path(tmp, name), env=thread_env(threads))
+                    for name, args in (("recipe", flags), ("nanogpt", flags + NANOGPT))}
+            rows = {name: run.result()[0] for name, run in runs.items()}
+    result = {name: time_to_target(r, "finished", RECIPE_TARGET) for name, r in rows.items()}
+    crossed, base_s = result["recipe"]["crossed_s"], result["nanogpt"]["last_time_s"]
+    return {**result, "target": RECIPE_TARGET, "goals": RECIPE_GOALS, "threads_each": threads,
+            "time_to_target_over_nanogpt": None if crossed is None else crossed / base_s,
+            "recipe_val_when_nanogpt_ended": [r["val_loss"] for r in rows["recipe"]
+                                              if "val_loss" in r and r["time_s"] <= base_s][-1]}
 
 
 # -----------------------------------------------------------------------------
@@ -439,37 +358,21 @@ def bench_recipe(cfg):
 
 
 def settings(argv):
-    """Bench options plus train.py's settings (the recipe as defaults), from config files and flags."""
-    from train import DEFAULTS as TRAIN_DEFAULTS
-
-    defaults = {**TRAIN_DEFAULTS, **TRAIN_RECIPE, **BENCH_DEFAULTS}
-    # --config=FILE is a config file, as train.py takes them; a bare --quick means --quick=True
-    argv = [a.removeprefix("--config=") + ("=True" if a == "--quick" else "") for a in argv]
-    cfg = configurator.configure(defaults, argv)
+    """Bench options, from flags; config files (--config=FILE) and every other --key=value go to
+    train.py, for the train section (train.py checks them)."""
+    ours = [a for a in argv if a.removeprefix("--").partition("=")[0] in BENCH_DEFAULTS or a in ("-h", "--help")]
+    train_args = [a.removeprefix("--config=") for a in argv if a not in ours]
+    cfg = configurator.configure(BENCH_DEFAULTS, ours)  # a bare --quick means --quick=True
     if cfg["quick"]:
-        cfg |= {k: v for k, v in QUICK.items() if cfg[k] == defaults[k]}
-        cfg |= {k: min(cfg[k], 2) for k in ("n_layer", "n_head")} | {"n_embd": 32, "block_size": 32}
+        cfg |= {k: v for k, v in QUICK.items() if cfg[k] == BENCH_DEFAULTS[k]}
     only = [s.strip() for s in cfg["only"].split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown or not only:
         raise UserError(f"--only={cfg['only']}: choose among {', '.join(SECTIONS)}")
-    return SimpleNamespace(**cfg), only
-
-
-def environment(device):
-    """What every figure depends on: the device, torch and the threads it runs."""
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
-    return {"device": device, "device_name": name, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    if train_args and not {"train", "payoff"} & set(only):
+        raise UserError(f"{train_args[0]} is not a bench option; train.py's settings apply to the train "
+                        f"and payoff sections")
+    return SimpleNamespace(**cfg, train_args=train_args), only
 
 
 def table(results):
@@ -477,11 +380,11 @@ def table(results):
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
                           ("prepare", _prepare_rows), ("serve", _serve_rows), ("tokenizer", _tokenizer_rows),
-                          ("payoff", _payoff_rows), ("recipe", _recipe_rows)):
+                          ("payoff", _payoff_rows), ("gpu", gpu_rows), ("recipe", _recipe_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
-    return "\n".join(f"{name:<9} {figure:<{width}}  {value}" for name, figure, value in rows)
+    return "\n".join(f"{name:<8} {figure:<{width}}  {value}" for name, figure, value in rows)
 
 
 def _cpu_rows(c):
@@ -490,16 +393,16 @@ def _cpu_rows(c):
 
 
 def _train_rows(t):
-    m = t["model"]
-    shape = (f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, "
-             f"batch {m['batch_size']}x{m['gradient_accumulation_steps']}")
+    m = t["settings"]
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps")
+    shape = "iteration"  # a config file's shape is train.py's to read
+    if all(k in m for k in keys):
+        shape = (f"{m['n_layer']}L {m['n_head']}H {m['n_embd']}C, block {m['block_size']}, "
+                 f"batch {m['batch_size']}x{m['gradient_accumulation_steps']}")
     rows = [(shape, f"{t['ms_per_iter']:.1f} ms/iter (median of {t['timed_iters']})"),
-            ("tokens/s", f"{t['tokens_per_s']:,.0f}"), ("MFU", f"{t['mfu'] * 100:.1f}%")]
-    if t["variants"]:
-        rows.append(("model variants", " ".join(f"{k}={v}" for k, v in t["variants"].items())))
-    if t["step_peak_memory_mb"] is not None:
-        rows.append(("peak memory of one step", f"{t['step_peak_memory_mb']:.0f} MB"))
-    return rows
+            ("tokens/s", f"{t['tokens_per_s']:,.0f}"), ("MFU", f"{t['mfu'] * 100:.1f}%"),
+            ("peak memory (train.py's log)", f"{t['peak_memory_mb']:,.0f} MB")]
+    return rows + [("command", t["command"])] if t["command"] != "train.py" else rows
 
 
 def _sample_rows(s):
@@ -553,7 +456,7 @@ def _tokenizer_rows(t):
 def _payoff_rows(p):
     if "skipped" in p:
         return [("skipped", p["skipped"])]
-    rows = [(f"{name}, {r['vocab_size']:,} tokens, {r['params'] / 1e6:.2f}M params, {p['seconds_each']:.0f} s",
+    rows = [(f"{name}, {r['vocab_size']:,} tokens, {r['params'] / 1e6:.2f}M params, {r['seconds']:.0f} s",
              f"{r['tokens_per_s']:,.0f} tok/s, val {r['val_bpb']:.3f} bits/byte (best {r['best_val_bpb']:.3f})")
             for name, r in (("BPE", p["bpe"]), ("GPT-2", p["gpt2"]))]
     return rows + [("training tokens/s, BPE / GPT-2", f"{p['tokens_per_s_ratio']:.1f}x")]
@@ -562,14 +465,14 @@ def _payoff_rows(p):
 def _recipe_rows(r):
     if "skipped" in r:
         return [("skipped", r["skipped"])]
-    rows = [(f"{name}: val at {r[name]['evals'][-1][0]} iterations, time to {r['target']}",
-             f"{r[name]['final_val_loss']:.3f} in {r[name]['seconds']:.0f} s, " + ("not reached" if reach is None
-                                                                                 else f"{reach:.0f} s"))
-            for name in ("recipe", "nanogpt") for reach in [r[name]["time_to_target_s"]]]
-    ratio, goals = r["time_to_target_over_nanogpt"], r["goals"]
-    return rows + [(f"time to {r['target']} / nanogpt's whole run (goal <= {goals['time_to_target_over_nanogpt']})",
+    rows = [(f"{name}: val at {r[name]['last_iter']} iterations, time to {r['target']}",
+             f"{r[name]['last_val']:.3f} in {r[name]['last_time_s']:.0f} s, "
+             + ("not reached" if r[name]["crossed_s"] is None else f"{r[name]['crossed_s']:.0f} s"))
+            for name in ("recipe", "nanogpt")]
+    ratio, goal = r["time_to_target_over_nanogpt"], r["goals"]["time_to_target_over_nanogpt"]
+    return rows + [(f"time to {r['target']} / nanogpt's whole run (goal <= {goal})",
                     "-" if ratio is None else f"{ratio:.2f}x"),
-                   ("recipe's val when nanogpt ended", f"{r['recipe_val_at_nanogpt_seconds']:.3f}")]
+                   ("recipe's val when nanogpt ended", f"{r['recipe_val_when_nanogpt_ended']:.3f}")]
 
 
 def main():
@@ -582,17 +485,24 @@ def main():
     env = results["env"]
     print(f"bench: {env['device']} ({env['device_name']}), torch {env['torch']}, threads={env['threads']}"
           + (" [quick: tiny sizes, not a measurement]" if cfg.quick else ""))
+
+    def save(**partial):  # after every section (and every part of gpu): a later one may be cut short
+        results.update(partial)
+        Path(cfg.out).write_text(json.dumps(results, indent=1) + "\n")
+
     runners = {"cpu": lambda: bench_cpu(cfg, device), "train": lambda: bench_train(cfg, device),
                "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
                "serve": lambda: bench_serve(cfg), "tokenizer": lambda: bench_tokenizer(cfg),
-               "payoff": lambda: bench_payoff(cfg, device), "recipe": lambda: bench_recipe(cfg)}
+               "payoff": lambda: bench_payoff(cfg, device),
+               "gpu": lambda: run_gpu_check(cfg, device, lambda part: save(gpu=part)),
+               "recipe": lambda: bench_recipe(cfg)}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()
             results[name] = runners[name]()
             results[name]["elapsed_s"] = time.perf_counter() - t0
+            save()
     print(table(results))
-    Path(cfg.out).write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {cfg.out}")
 
 

@@ -1,4 +1,4 @@
-"""Settings and the machine: typed overrides, one-line errors, device, dtype and peak FLOP/s.
+"""Settings and the machine: typed overrides, one-line errors, device, dtype, peak FLOP/s and memory.
 
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 
@@ -226,3 +226,16 @@ def measured_matmul_flops(device, dtype, n=1024, repeats=10):
         sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+def peak_memory_mb(device):
+    """The most memory this process has held so far, in MB: on CUDA what torch's allocator gave out
+    (tensors, not its cache); elsewhere the process's peak resident size, which also counts the
+    interpreter and libraries (a few hundred MB with torch)."""
+    import resource
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 1e6
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6  # bytes on macOS, KiB on Linux

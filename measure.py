@@ -1,33 +1,187 @@
-"""How bench.py measures: another program's wall time and peak memory, and corpora of any size.
+"""How bench.py measures, so that its sections say only what to measure: train.py runs followed
+through their log.jsonl (speed, time to a val loss) on a dataset of random tokens; another program's
+wall time and peak memory, corpora of any size, and the programs bench.py times in a fresh interpreter
+(the usual datasets.map recipe, learning a BPE two ways); decoding speed, memory bandwidth, and the
+environment every figure depends on.
 
+    rows, how = watch_training(args, out_dir, stop=..., timeout_s=...)  # python train.py *args, followed
+    train_speed(args, out_dir, warmup_rows, timed_rows)  # its ms/iter, tokens/s, MFU, peak memory
     measure_process(command)    run it from the repository root; seconds, and the peak memory polled
                                 from /proc: the largest process's RSS, and the whole tree's PSS
     python_call(function, ...)  the command that runs a function's own source in a fresh interpreter
     build_corpus(path, size)    the sample corpora of ../shared/data, repeated to about `size` bytes
-    write_random_dataset(...)   a prepared dataset of random tokens
-    train_side_by_side(runs)    several train.py runs at once; time_to_reach: when one got to a val loss
 
-and the programs bench.py times in a fresh interpreter: the usual datasets.map recipe (against
-prepare.py), and learning a BPE through prepare.py's code or with the `tokenizers` trainer alone. A
-library for bench.py (which imports train.py's step to time it); it runs nothing itself.
+Scripts are measured as users run them, as subprocesses: this library imports none of them.
 """
 import inspect
 import itertools
 import json
 import os
+import platform
+import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from configurator import UserError
+from model import sample_logits
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"  # sample corpora (and GPT-2's BPE files, for an offline machine)
 SHARED_DATA = SHARED / "data"
+# the model bench.py decodes with (and serves): 6 layers, 384 wide, GPT-2's vocabulary; --quick's
+SAMPLE_MODEL = dict(block_size=1024, vocab_size=50257, n_layer=6, n_head=6, n_embd=384)
+QUICK_SAMPLE_MODEL = dict(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
+
+
+# -----------------------------------------------------------------------------
+# Training runs
+
+
+def watch_training(args, out_dir, stop=None, timeout_s=None, env=None):
+    """Run `python train.py *args --out_dir=out_dir` and follow out_dir/log.jsonl as it grows. The
+    run is stopped (SIGTERM, which train.py handles as Ctrl-C) as soon as stop(rows) is true or
+    timeout_s has passed. Returns (rows, how): every log row, and 'finished', 'stopped' or 'timed out'.
+    A run that fails on its own is a UserError quoting the last line train.py wrote to stderr."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "log.jsonl"
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    how = "finished"
+    with open(out_dir / "stderr.txt", "w+") as err:  # a file, not a pipe: a pipe left unread fills up
+        # a session of its own: stopping it reaches torch.compile's worker processes too
+        proc = subprocess.Popen([sys.executable, "train.py", *map(str, args), f"--out_dir={out_dir}"],
+                                cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if stop is not None and stop(read_rows(log)):
+                    how = "stopped"
+                elif deadline is not None and time.monotonic() > deadline:
+                    how = "timed out"
+                else:
+                    time.sleep(0.2)
+                    continue
+                break
+        finally:  # also when bench itself is interrupted
+            end_session(proc)
+        err.seek(0)
+        last = (err.read().strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    if how == "finished" and proc.returncode != 0:
+        raise UserError(f"train.py failed: {last.removeprefix('error: ')}")
+    return read_rows(log), how
+
+
+def end_session(proc, grace_s=10):
+    """Stop a process started with start_new_session=True and all it started: SIGTERM (train.py
+    cleans up as on Ctrl-C), then SIGKILL for whatever is left after grace_s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)  # workers left behind, or a leader that did not stop
+    except ProcessLookupError:  # the whole session has ended
+        pass
+    proc.wait()
+
+
+def thread_env(threads):
+    """The environment that runs a subprocess on `threads` threads (0: its own default)."""
+    return {"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}
+
+
+def read_rows(log):
+    """The rows of a log.jsonl written so far (none if it is not there yet); a last line still being
+    written is left for the next read."""
+    try:
+        lines = Path(log).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def write_random_dataset(data_dir, vocab_size, n_tokens):
+    """train.bin, val.bin and meta.json as prepare.py writes them, holding random tokens. The
+    vocabulary is one of characters whatever its size, so that train.py needs no tokenizer files
+    (GPT-2's would have to be downloaded on a machine without them)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        rng.integers(0, vocab_size, n_tokens, dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
+    meta = {"name": "bench", "tokenizer": "char", "chars": [chr(32 + i) for i in range(vocab_size)],
+            "eot_token": None, "vocab_size": vocab_size, "dtype": "uint16", "train_tokens": n_tokens,
+            "val_tokens": n_tokens, "source": "random", "command": "bench.py"}
+    Path(data_dir, "meta.json").write_text(json.dumps(meta))
+
+
+def train_speed(args, out_dir, warmup_rows, timed_rows, log_interval=1, timeout_s=None, env=None):
+    """Run train.py with `args` (and one short evaluation, at iteration 0) until it has logged
+    warmup_rows + timed_rows rows of iterations, one every log_interval iterations; the medians of
+    the timed rows' ms/iter, tokens/s and MFU (a row averages the iterations since the one before),
+    and the peak memory logged last."""
+    n = warmup_rows + timed_rows
+    iters = n * log_interval + 1  # the run is stopped before it gets there
+    args = [*args, "--init_from=scratch", "--wandb_log=False", f"--log_interval={log_interval}", "--eval_iters=1",
+            f"--eval_interval={iters}", f"--max_iters={iters}"]
+    rows, how = watch_training(args, out_dir, stop=lambda rows: len(iteration_rows(rows)) >= n,
+                               timeout_s=timeout_s, env=env)
+    timed = iteration_rows(rows)[warmup_rows:n]
+    if not timed:
+        raise UserError(f"train.py logged {len(iteration_rows(rows))} rows of iterations before it {how}; "
+                        f"{n} were needed (warm-up {warmup_rows} + timed {timed_rows})")
+    return {**{key: statistics.median(r[key] for r in timed) for key in ("ms_per_iter", "tokens_per_s", "mfu")},
+            "peak_memory_mb": timed[-1]["peak_memory_mb"], "tokens_per_iter": timed[-1]["tokens_per_iter"],
+            "timed_iters": len(timed) * log_interval, "warmup_iters": (warmup_rows - 1) * log_interval + 1}
+
+
+def iteration_rows(rows):
+    """The rows train.py logs for training iterations (not evaluations)."""
+    return [r for r in rows if "ms_per_iter" in r]
+
+
+def time_to_target(rows, how, target):
+    """A run's outcome from its log rows: the iteration and time_s of its first evaluation at val
+    <= target (None and None if none was), and crossed_s, the time the val loss crossed the target,
+    interpolated linearly from the evaluation before; its best val and that iteration; its last
+    evaluation's val and time_s; how it ended."""
+    evals = [r for r in rows if "val_loss" in r]
+    if not evals:
+        raise UserError(f"train.py {how} before its first evaluation")
+    hit, best = first_at_target(rows, target), min(evals, key=lambda r: r["val_loss"])
+    crossed = None
+    for before, r in zip([None] + evals, evals):  # the first evaluation at the target, and the one before
+        if r["val_loss"] <= target:
+            share = 1.0 if before is None else (before["val_loss"] - target) / (before["val_loss"] - r["val_loss"])
+            crossed = r["time_s"] if before is None else before["time_s"] + share * (r["time_s"] - before["time_s"])
+            break
+    steps = iteration_rows(rows)
+    return {"iter": hit["iter"] if hit else None, "time_s": hit["time_s"] if hit else None, "crossed_s": crossed,
+            "best_val": best["val_loss"], "best_iter": best["iter"], "last_iter": max(r["iter"] for r in rows),
+            "last_val": evals[-1]["val_loss"], "last_time_s": evals[-1]["time_s"],
+            "how": how, "ms_per_iter": statistics.median(r["ms_per_iter"] for r in steps) if steps else None}
+
+
+def first_at_target(rows, target):
+    """The first evaluation row with val loss <= target, or None."""
+    return next((r for r in rows if r.get("val_loss", float("inf")) <= target), None)
+
+
+# -----------------------------------------------------------------------------
+# Any command: wall time and peak memory; corpora
 
 
 def build_corpus(path, size):
@@ -155,50 +309,78 @@ def learn_directly(corpus, vocab_size):
                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
 
 
-def write_random_dataset(data_dir, vocab_size, n_tokens):
-    """train.bin, val.bin and meta.json as prepare.py writes them, holding random tokens."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        rng.integers(0, vocab_size, n_tokens, dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
-    if vocab_size <= 256:  # a character vocabulary like shakespeare_char's
-        meta = {"tokenizer": "char", "chars": [chr(32 + i) for i in range(vocab_size)], "eot_token": None}
-    else:
-        meta = {"tokenizer": "gpt2", "eot_token": 50256}
-    meta |= {"name": "bench", "vocab_size": vocab_size, "dtype": "uint16", "train_tokens": n_tokens,
-             "val_tokens": n_tokens, "source": "random", "command": "bench.py"}
-    Path(data_dir, "meta.json").write_text(json.dumps(meta))
-
-
 # -----------------------------------------------------------------------------
-# Training runs side by side
+# Decoding and the device
 
 
-def train_side_by_side(runs, out_dir, threads):
-    """`python train.py *args --out_dir=out_dir/name` for every name: args in runs, all started at
-    once with `threads` OpenMP threads each: they share whatever the machine gives, so their times
-    compare even on a busy machine. Returns {name: the rows of its log.jsonl}."""
-    procs = {}
-    for name, args in runs.items():
-        err = open(Path(out_dir, f"{name}.stderr"), "w+")  # a file: a pipe left unread can fill up
-        procs[name] = err, subprocess.Popen(
-            [sys.executable, "train.py", *args, f"--out_dir={Path(out_dir, name)}"], cwd=ROOT, stderr=err,
-            env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.DEVNULL)
-    for err, proc in procs.values():
-        proc.wait()
-        err.close()
-    for name, (err, proc) in procs.items():
-        if proc.returncode:
-            last = (Path(err.name).read_text().strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            raise UserError(f"train.py ({name}) failed: {last.removeprefix('error: ')}")
-    return {name: [json.loads(line) for line in Path(out_dir, name, "log.jsonl").read_text().splitlines()]
-            for name in runs}
+def time_decoding(model, idx, n, cache, settings, seed, repeats):
+    """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike."""
+    decode = decode_with_cache if cache else decode_without_cache
+    decode(model, idx, 2, **settings)  # warm-up: first-call allocations
+    seconds = []
+    for _ in range(repeats):
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        decode(model, idx, n, **settings)
+        if idx.is_cuda:
+            torch.cuda.synchronize()  # the last tokens may still be in flight
+        seconds.append(time.perf_counter() - t0)
+    dt = statistics.median(seconds)
+    return {"tokens_per_s": idx.size(0) * n / dt, "seconds": dt, "batch": idx.size(0), "runs_s": seconds}
 
 
-def time_to_reach(evals, target):
-    """Seconds until the val loss first reached target, interpolated linearly between the two
-    evaluations around the crossing; None if it never did. evals: [(iter, seconds, val loss)]."""
-    for i, (_, t1, v1) in enumerate(evals):
-        if v1 <= target:
-            _, t0, v0 = evals[i - 1] if i else evals[0]
-            return t1 if i == 0 else t0 + (t1 - t0) * (v0 - target) / (v0 - v1)
-    return None
+def decode_with_cache(model, idx, n, temperature, top_k, top_p):
+    """n new tokens through the KV cache: what sample.py does."""
+    for _ in model.generate_stream(idx, n, temperature, top_k or None, top_p):
+        pass
+
+
+@torch.no_grad()
+def decode_without_cache(model, idx, n, temperature, top_k, top_p):
+    """n new tokens the slow way: every token runs the whole (cropped) context through the model."""
+    for _ in range(n):
+        logits, _ = model(idx[:, -model.config.block_size:])  # (B, 1, V)
+        next_token = sample_logits(logits[:, -1], temperature, top_k or None, top_p)  # (B,)
+        idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
+    return idx
+
+
+def timed(fn, device):
+    """Seconds one call of fn takes, waiting for the GPU before and after."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+@lru_cache(maxsize=None)
+def memory_bandwidth(device, quick=False):
+    """Bytes per second read by a sum over a tensor larger than the caches, best of several: the
+    speed at which weights can stream in (decoding reads them, and writes next to nothing)."""
+    data = torch.ones((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
+    best = float("inf")
+    for _ in range(3 if quick else 10):
+        t0 = time.perf_counter()
+        data.sum()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return data.numel() * data.element_size() / best
+
+
+def environment(device):
+    """What every figure depends on: the device, torch and the threads it runs."""
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
+    return {"device": device, "device_name": name, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

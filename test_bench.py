@@ -3,19 +3,21 @@ import json
 
 import torch
 
-from conftest import SHARED, run_script
+from conftest import SHARED, assert_one_line_error, run_script
 
 
 def test_bench_quick_runs_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     sections = "cpu,train,sample,prepare,serve,tokenizer,payoff"  # payoff is not a default section
-    result = run_script("bench.py", "--quick", f"--out={out}", f"--only={sections}")
+    result = run_script("bench.py", "--quick", f"--out={out}", f"--only={sections}", "--batch_size=4")  # train.py's
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert {"device", "torch", "threads"} <= set(data["env"]), data["env"]
     assert data["env"]["torch"] == torch.__version__
-    assert data["train"]["step"] == "train.train_step" and data["train"]["ms_per_iter"] > 0, data["train"]
-    assert 0 < data["train"]["mfu"] < 1, data["train"]
+    train = data["train"]
+    assert train["command"] == "train.py --batch_size=4" and train["ms_per_iter"] > 0, train
+    assert train["tokens_per_iter"] == 4 * 32, "--quick's block of 32 and the flag's batch of 4 reach train.py"
+    assert 0 < train["mfu"] < 1 and train["peak_memory_mb"] > 0 and train["timed_iters"] == 3, train
     for run in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8"):
         assert data["sample"][run]["tokens_per_s"] > 0, data["sample"]
     assert data["sample"]["memory_bound_tokens_per_s"] > 0 and data["cpu"]["matmul_gflops"] > 0
@@ -41,14 +43,19 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
         assert needle in result.stdout, result.stdout
 
 
+def test_a_mistyped_train_setting_is_train_pys_one_line_error(tmp_path):
+    result = run_script("bench.py", "--quick", "--only=train", "--n_layr=2", f"--out={tmp_path / 'b.json'}")
+    assert_one_line_error(result, "train.py failed: unknown option --n_layr; did you mean --n_layer")
+    result = run_script("bench.py", "--only=sample", "--n_layer=2")
+    assert_one_line_error(result, "--n_layer=2 is not a bench option", "the train and payoff sections")
+
+
 def test_bench_recipe_quick_runs_both_recipes_side_by_side(tmp_path):
     out = tmp_path / "bench.json"
     result = run_script("bench.py", "--quick", "--only=recipe", f"--out={out}")
     assert result.returncode == 0, result.stderr
     r = json.loads(out.read_text())["recipe"]
-    for name in ("recipe", "nanogpt"):
-        iters = [it for it, _, _ in r[name]["evals"]]
-        assert iters == [0, 10, 20], r[name]  # evaluated every 10 of the toy's 20 iterations
-        assert r[name]["seconds"] > 0 and r[name]["final_val_loss"] == r[name]["evals"][-1][2]
+    for name in ("recipe", "nanogpt"):  # the toy's 20 iterations, evaluated at 0, 10 and 20
+        assert r[name]["last_iter"] == 20 and r[name]["last_time_s"] > 0 and r[name]["how"] == "finished", r
+    assert r["recipe"]["last_val"] != r["nanogpt"]["last_val"], "two different recipes"
     assert "time to 1.88" in result.stdout, result.stdout
-

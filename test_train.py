@@ -294,6 +294,46 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data_dir, tmp_path):
     assert resumed["iter_num"] == 12
 
 
+@pytest.fixture
+def no_cpu_float16_peak(monkeypatch):
+    """MFU's peak as a constant: measuring a CPU's float16 matmuls, which it emulates, takes ~45 s."""
+    monkeypatch.setattr(train, "device_peak_flops", lambda device, dtype: 1e11)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])  # float16: through the GradScaler
+def test_resume_with_muon_reproduces_the_uninterrupted_run_exactly(data_dir, tmp_path, dtype, no_cpu_float16_peak):
+    """Muon's momentum buffers, AdamW's moments and the scaler travel in the checkpoint."""
+    flags = ["--optimizer=muon", f"--dtype={dtype}", "--dropout=0.1", "--max_iters=12", "--eval_interval=6",
+             "--gradient_accumulation_steps=2"]
+    whole = run_train(data_dir, tmp_path / "a", *flags)
+    run_train(data_dir, tmp_path / "b", *flags, "--max_iters=6")
+    ckpt = load_checkpoint(tmp_path / "b" / "ckpt.pt")
+    assert ckpt["config"]["optimizer"] == "muon" and len(ckpt["optimizer"]) == 2, "Muon's state and AdamW's"
+    assert (ckpt["scaler"] is not None) == (dtype == "float16"), ckpt["scaler"]
+    resumed = run_train(data_dir, tmp_path / "b", *flags, "--init_from=resume")
+    expected = {it: whole["losses"][it] for it in range(6, 12)}
+    assert resumed["losses"] == expected, f"resumed {resumed['losses']}\nuninterrupted {expected}"
+    assert resumed["evals"][-1] == whole["evals"][-1], (resumed["evals"], whole["evals"])
+
+
+def test_muon_with_float16_grad_scaler_and_accumulation_tracks_float32(data_dir, tmp_path, no_cpu_float16_peak):
+    # the scaler multiplies the loss by 65536 and divides the gradients back before Muon sees them:
+    # a step it skipped, or gradients left scaled, would part the two curves at once
+    flags = ["--optimizer=muon", "--gradient_accumulation_steps=2", "--max_iters=12", "--eval_interval=12"]
+    fp32 = run_train(data_dir, tmp_path / "a", *flags, "--dtype=float32")["losses"]
+    fp16 = run_train(data_dir, tmp_path / "b", *flags, "--dtype=float16")["losses"]
+    diffs = [abs(fp16[it] - fp32[it]) for it in range(12)]
+    assert max(diffs) < 0.02, f"float16 {fp16}\nfloat32 {fp32}"
+    assert fp16[11] < fp16[0] - 0.5, fp16
+
+
+def test_resuming_with_the_other_optimizer_is_a_one_line_error(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "out", "--optimizer=muon", "--max_iters=10")
+    proc = run_script("train.py", *TINY, f"--data_dir={data_dir}", f"--out_dir={tmp_path}/out",
+                      "--init_from=resume", "--optimizer=adamw")
+    assert_one_line_error(proc, "was trained with --optimizer=muon", "resume with --optimizer=muon")
+
+
 def test_all_variants_at_once_resume_exactly_and_log_the_aux_loss(data_dir, tmp_path):
     flags = ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--eval_interval=4",
              "--lr_decay_iters=8", "--dropout=0.1", "--max_iters=8", "--pos_emb=rope", "--mlp=swiglu",
@@ -378,10 +418,11 @@ def test_fine_tuning_on_a_tiny_chat_set_lowers_the_assistant_token_loss(tmp_path
 # Under torchrun
 
 
-def test_torchrun_two_processes_match_one_process(data_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_torchrun_two_processes_match_one_process(data_dir, tmp_path, optimizer):
     """DDP on gloo splits the global batch across 2 processes: the losses are those of 1 process."""
     flags = [*TINY, f"--data_dir={data_dir}", "--max_iters=8", "--eval_interval=100",
-             "--gradient_accumulation_steps=4", "--batch_size=4"]
+             "--gradient_accumulation_steps=4", "--batch_size=4", f"--optimizer={optimizer}"]
     one = run_train(data_dir, tmp_path / "one", *flags[len(TINY):])
     proc = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *flags,
                       f"--out_dir={tmp_path}/two")

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 from checkpoint import load_model, save_checkpoint
-from configurator import UserError, autocast, device_peak_flops, pick_device, pick_dtype
+from configurator import UserError, autocast, device_peak_flops, peak_memory_mb, pick_device, pick_dtype
 from data import Split, read_meta
 from model import GPT, GPTConfig
 from optim import configure_optimizers, load_optimizer_states, set_lr_multiplier
@@ -259,8 +259,12 @@ def rng_states(rt):
     return states
 
 
-def restore(ckpt, run, rt):
+def restore(ckpt, run, cfg, rt):
     """Put the optimizer, scaler, counters and RNGs back as they were when `ckpt` was saved."""
+    saved = ckpt["config"].get("optimizer", "adamw")  # checkpoints from before the setting: AdamW
+    if saved != cfg.optimizer:  # one optimizer's moments mean nothing to the other
+        raise UserError(f"{run.ckpt_path} was trained with --optimizer={saved}, whose state cannot carry "
+                        f"over to {cfg.optimizer}; resume with --optimizer={saved}")
     load_optimizer_states(run.optimizers, ckpt["optimizer"])
     if ckpt["scaler"] is not None and run.scaler.is_enabled():
         run.scaler.load_state_dict(ckpt["scaler"])
@@ -434,7 +438,7 @@ def prepare_run(cfg, rt):
     run.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.dtype == "float16")
     run.batch_rng = torch.Generator().manual_seed(cfg.seed)  # the same on every process
     if ckpt is not None:
-        restore(ckpt, run, rt)
+        restore(ckpt, run, cfg, rt)
         changed = [k for k, v in ckpt["config"].items()
                    if k not in ("init_from", "max_iters", "eval_only") and vars(cfg).get(k, v) != v]
         if changed and rt.master:
@@ -472,15 +476,15 @@ def loop(run, cfg, rt):
             if rt.master:
                 tok_s = run.tokens_per_iter / dt
                 mfu = run.raw_model.flops_per_token() * tok_s / rt.world / rt.peak_flops
+                memory = peak_memory_mb(rt.device)
                 row = {"iter": it, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s,
-                       "tokens_per_iter": run.tokens_per_iter,
-                       "mfu": mfu}
+                       "tokens_per_iter": run.tokens_per_iter, "mfu": mfu, "peak_memory_mb": memory}
                 aux = run.raw_model.last_aux_loss  # MoE's load-balancing loss (last micro-batch) or None
                 if aux is not None:  # shown apart from the loss, which includes it
                     row["aux_loss"] = aux.item()
                 extra = f", aux loss {row['aux_loss']:.4f}" if "aux_loss" in row else ""
                 print(f"iter {it}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
-                      f"mfu {mfu * 100:.1f}%, lr {lr:.2e}{extra}")
+                      f"mfu {mfu * 100:.1f}%, lr {lr:.2e}, peak memory {memory:,.0f} MB{extra}")
                 run.log(row)
             t_last, iters_timed = time.perf_counter(), 0
 
