@@ -6,6 +6,7 @@
     python bench.py --config=config/train_shakespeare_char.py --batch_size=32   # another training config
     python bench.py --quick                           # tiny sizes, seconds: the test suite runs this
     python bench.py --only=gpu                        # the GPU check, minutes on a CUDA machine
+    python bench.py --only=recipe                     # time to quality against nanoGPT: minutes, apart
 
 Sections:
   train    ms/iter, tokens/s, MFU and peak memory of `python train.py` as users run it, on a
@@ -33,6 +34,8 @@ Sections:
            batched against 1 client alone, and against 8 served one at a time (--max_batch=1).
   gpu      not run by default: GPT-2 124M training MFU, GPU decoding, and the shakespeare_char GPU
            recipe's time to val 1.47 with AdamW and with Muon: gpucheck.py says what each part measures.
+  recipe   not run by default: the README's CPU shakespeare_char run with its config's recipe and with
+           nanoGPT's, side by side: wall time to val 1.88 over nanoGPT's 2000 iterations; val at 2000.
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
 import copy
@@ -43,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,14 +59,14 @@ from configurator import UserError, measured_matmul_flops, pick_device, pick_dty
 from gpucheck import gpu_rows, run_gpu_check
 from loadtest import load_test, summary
 from measure import (QUICK_SAMPLE_MODEL, ROOT, SAMPLE_MODEL, SHARED_DATA, baseline_prepare, build_corpus,
-                     environment, find_gpt2_files, hugging_face_copy, iteration_rows, learn_directly, learn_through_prepare,
-                     measure_process, memory_bandwidth, python_call, thread_env, time_decoding, train_speed,
-                     watch_training, write_random_dataset)
+                     environment, find_gpt2_files, hugging_face_copy, iteration_rows, learn_directly,
+                     learn_through_prepare, measure_process, memory_bandwidth, python_call, thread_env,
+                     time_decoding, time_to_target, train_speed, watch_training, write_random_dataset)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
 # in this order: cpu's bandwidth bounds sampling
-SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff", "gpu")
+SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff", "gpu", "recipe")
 
 BENCH_DEFAULTS = dict(
     only="train,sample,prepare,cpu,serve,tokenizer",  # comma-separated sections to run (payoff, gpu: apart)
@@ -84,7 +88,7 @@ BENCH_DEFAULTS = dict(
     device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
     dtype="auto",  # 'auto' (bfloat16 or float16 on CUDA, else float32), 'float32', ...
     seed=1337,
-    shakespeare_dir="data/shakespeare_char",  # the gpu section's recipe data: python prepare.py shakespeare_char
+    shakespeare_dir="data/shakespeare_char",  # the gpu and recipe sections' data: python prepare.py shakespeare_char
     gpu_budget_s=480.0,  # the gpu section's parts are capped at shares of this (GPU_SHARES)
 )
 # The CPU shakespeare_char recipe from the README, on top of train.py's defaults (a config file that
@@ -334,6 +338,47 @@ def bench_serve(cfg):
 
 
 # -----------------------------------------------------------------------------
+# Time to quality: the shakespeare_char recipe against nanoGPT's
+
+# The README's CPU first run; evaluations every 50 iterations (the README's: 250) place the time to
+# the target finely, and both runs pay for them alike
+RECIPE_RUN = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--block_size=64",
+              "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+              "--lr_decay_iters=2000", "--dropout=0.0", "--eval_iters=20", "--eval_interval=50"]
+NANOGPT = ["config/gpt2_block.py", "--bias=False", "--beta2=0.99", "--weight_decay=0.1", "--grad_clip=1.0",
+           "--learning_rate=1e-3", "--min_lr=1e-4", "--warmup_iters=100"]  # AdamW on GPT-2's block
+RECIPE_QUICK = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--max_iters=20",
+                "--lr_decay_iters=20", "--eval_interval=10", "--eval_iters=2"]  # a toy on random tokens
+RECIPE_TARGET = 1.88
+RECIPE_GOALS = {"time_to_target_over_nanogpt": 0.4, "final_val": 1.60}  # issue 14
+
+
+def bench_recipe(cfg):
+    """The config's recipe and nanoGPT's for the README's run, started together on half the cores
+    each: both see the same machine, so the ratio of their times holds on a busy one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(ROOT, cfg.shakespeare_dir)
+        if cfg.quick:
+            data = Path(tmp, "data")
+            data.mkdir()
+            write_random_dataset(data, 65, n_tokens=10_000)
+        elif not (data / "meta.json").is_file():
+            return {"skipped": f"no {cfg.shakespeare_dir}: run python prepare.py shakespeare_char"}
+        flags = RECIPE_RUN + RECIPE_QUICK * cfg.quick + [f"--data_dir={data}", f"--seed={cfg.seed}"]
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        with ThreadPoolExecutor(2) as pool:
+            runs = {name: pool.submit(watch_training, args, Path(tmp, name), env=thread_env(threads))
+                    for name, args in (("recipe", flags), ("nanogpt", flags + NANOGPT))}
+            rows = {name: run.result()[0] for name, run in runs.items()}
+    result = {name: time_to_target(r, "finished", RECIPE_TARGET) for name, r in rows.items()}
+    crossed, base_s = result["recipe"]["crossed_s"], result["nanogpt"]["last_time_s"]
+    return {**result, "target": RECIPE_TARGET, "goals": RECIPE_GOALS, "threads_each": threads,
+            "time_to_target_over_nanogpt": None if crossed is None else crossed / base_s,
+            "recipe_val_when_nanogpt_ended": [r["val_loss"] for r in rows["recipe"]
+                                              if "val_loss" in r and r["time_s"] <= base_s][-1]}
+
+
+# -----------------------------------------------------------------------------
 # Settings, table, main
 
 
@@ -360,7 +405,7 @@ def table(results):
     rows = []
     for name, rows_of in (("cpu", _cpu_rows), ("train", _train_rows), ("sample", _sample_rows),
                           ("prepare", _prepare_rows), ("serve", _serve_rows), ("tokenizer", _tokenizer_rows),
-                          ("payoff", _payoff_rows), ("gpu", gpu_rows)):
+                          ("payoff", _payoff_rows), ("gpu", gpu_rows), ("recipe", _recipe_rows)):
         if name in results:
             rows += [(name, figure, value) for figure, value in rows_of(results[name])]
     width = max(len(figure) for _, figure, _ in rows)
@@ -454,6 +499,19 @@ def _payoff_rows(p):
     return rows + [("training tokens/s, BPE / GPT-2", f"{p['tokens_per_s_ratio']:.1f}x")]
 
 
+def _recipe_rows(r):
+    if "skipped" in r:
+        return [("skipped", r["skipped"])]
+    rows = [(f"{name}: val at {r[name]['last_iter']} iterations, time to {r['target']}",
+             f"{r[name]['last_val']:.3f} in {r[name]['last_time_s']:.0f} s, "
+             + ("not reached" if r[name]["crossed_s"] is None else f"{r[name]['crossed_s']:.0f} s"))
+            for name in ("recipe", "nanogpt")]
+    ratio, goal = r["time_to_target_over_nanogpt"], r["goals"]["time_to_target_over_nanogpt"]
+    return rows + [(f"time to {r['target']} / nanogpt's whole run (goal <= {goal})",
+                    "-" if ratio is None else f"{ratio:.2f}x"),
+                   ("recipe's val when nanogpt ended", f"{r['recipe_val_when_nanogpt_ended']:.3f}")]
+
+
 def main():
     cfg, only = settings(sys.argv[1:])
     if cfg.threads > 0:
@@ -473,7 +531,8 @@ def main():
                "sample": lambda: bench_sample(cfg, device), "prepare": lambda: bench_prepare(cfg),
                "serve": lambda: bench_serve(cfg), "tokenizer": lambda: bench_tokenizer(cfg),
                "payoff": lambda: bench_payoff(cfg, device),
-               "gpu": lambda: run_gpu_check(cfg, device, lambda part: save(gpu=part))}
+               "gpu": lambda: run_gpu_check(cfg, device, lambda part: save(gpu=part)),
+               "recipe": lambda: bench_recipe(cfg)}
     for name in SECTIONS:
         if name in only:
             t0 = time.perf_counter()

@@ -160,8 +160,9 @@ VARIANTS = {  # model.py's alternatives to GPT-2's block, alone and all together
     "rope": dict(pos_emb="rope"),
     "swiglu": dict(mlp="swiglu"),
     "rmsnorm": dict(norm="rmsnorm"),
+    "qk_norm": dict(qk_norm=True),
     "moe": dict(n_expert=4, n_expert_active=2),
-    "all": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", n_expert=4, n_expert_active=2),
+    "all": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", qk_norm=True, n_expert=4, n_expert_active=2),
 }
 
 

@@ -61,8 +61,8 @@ NEEDS = {"gpt2": dict(pos_emb=("learned",), mlp=tuple(GPT2_ACTIVATIONS), norm=("
 # those that change training but not what the weights compute; any other option at a value other
 # than its default has no place in a Hugging Face format
 CARRIED = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "pos_emb", "rope_base", "mlp",
-           "mlp_hidden", "norm", "n_expert", "n_expert_active", "tie_embeddings"}
-TRAINING_ONLY = {"dropout", "aux_loss_coef", "grad_checkpoint", "zero_init_proj"}
+           "mlp_hidden", "norm", "n_expert", "n_expert_active"}
+TRAINING_ONLY = {"dropout", "aux_loss_coef", "grad_checkpoint"}
 
 
 def export_layout(config):

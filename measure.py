@@ -159,14 +159,23 @@ def iteration_rows(rows):
 
 def time_to_target(rows, how, target):
     """A run's outcome from its log rows: the iteration and time_s of its first evaluation at val
-    <= target (None and None if none was); its best val and that iteration; how it ended."""
+    <= target (None and None if none was), and crossed_s, the time the val loss crossed the target,
+    interpolated linearly from the evaluation before; its best val and that iteration; its last
+    evaluation's val and time_s; how it ended."""
     evals = [r for r in rows if "val_loss" in r]
     if not evals:
         raise UserError(f"train.py {how} before its first evaluation")
     hit, best = first_at_target(rows, target), min(evals, key=lambda r: r["val_loss"])
+    crossed = None
+    for before, r in zip([None] + evals, evals):  # the first evaluation at the target, and the one before
+        if r["val_loss"] <= target:
+            share = 1.0 if before is None else (before["val_loss"] - target) / (before["val_loss"] - r["val_loss"])
+            crossed = r["time_s"] if before is None else before["time_s"] + share * (r["time_s"] - before["time_s"])
+            break
     steps = iteration_rows(rows)
-    return {"iter": hit["iter"] if hit else None, "time_s": hit["time_s"] if hit else None,
+    return {"iter": hit["iter"] if hit else None, "time_s": hit["time_s"] if hit else None, "crossed_s": crossed,
             "best_val": best["val_loss"], "best_iter": best["iter"], "last_iter": max(r["iter"] for r in rows),
+            "last_val": evals[-1]["val_loss"], "last_time_s": evals[-1]["time_s"],
             "how": how, "ms_per_iter": statistics.median(r["ms_per_iter"] for r in steps) if steps else None}
 
 

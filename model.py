@@ -1,13 +1,10 @@
 """The GPT, in one file read top to bottom.
 
-The config; attention with its KV cache (and rotary positions); the feed-forward layers (GELU MLP,
-SwiGLU, Mixture of Experts); the pre-norm Transformer block; sampling from logits; and the GPT
-itself: forward (logits and loss) and generate (KV-cache decoding). The defaults are GPT-2; each
-variant (RoPE, SwiGLU, RMSNorm, MoE, gradient checkpointing) sits beside the part it replaces and is
-chosen in one place: make_norm, make_mlp, GPT.hidden_states.
-
-Everything else lives elsewhere: optimizers in optim.py, checkpoints in checkpoint.py, the CPU
-decoding layout in engine.py, Hugging Face interop in hf.py.
+The config; attention with its KV cache; the feed-forward layers (GELU MLP, SwiGLU, Mixture of
+Experts); the pre-norm Transformer block; sampling from logits; and the GPT itself: forward (logits
+and loss) and generate (KV-cache decoding). The defaults are GPT-2; each variant (RoPE, QK-norm,
+SwiGLU, RMSNorm, MoE, gradient checkpointing) sits beside the part it replaces. Optimizers live in
+optim.py, checkpoints in checkpoint.py, the CPU decoding layout in engine.py, Hugging Face in hf.py.
 
 Shapes: B = batch, T = time (tokens), C = n_embd, nh = n_head, hs = head size (C // nh), V = vocab.
 References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017).
@@ -36,6 +33,7 @@ class GPTConfig:
     mlp: str = "gelu"  # 'gelu' (GPT-2) or 'swiglu' (see SwiGLU)
     mlp_hidden: int = 0  # the feed-forward layer's hidden width; 0: 4C for GELU, ~8C/3 for SwiGLU
     norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm' (see make_norm)
+    qk_norm: bool = False  # RMSNorm on every head's queries and keys (see CausalSelfAttention)
     n_expert: int = 0  # 0: one dense MLP per block; E >= 1: a mixture of E expert MLPs (see MoE)
     n_expert_active: int = 2  # k: experts each token is sent to
     aux_loss_coef: float = 0.01  # weight of MoE's load-balancing loss in the training loss
@@ -76,10 +74,9 @@ class GPTConfig:
 
 class KVCache:
     """The keys and values of every layer for the tokens seen so far: decoding token t then costs one
-    query against t cached keys instead of recomputing all t tokens. Buffers are allocated on first
-    use, in the dtype the keys arrive in (which autocast decides). All rows sit at the same position,
-    so attention's mask follows from the shapes; engine.BatchCache keeps rows at positions of their
-    own, with .pos a (B, 1) tensor and a .mask of the keys each row may see."""
+    query against t cached keys, not t tokens recomputed. Allocated on first use, in the keys' dtype
+    (autocast's). All rows sit at one position, so attention's mask follows from the shapes;
+    engine.BatchCache gives each row its own (.pos a (B, 1) tensor, .mask the keys each may see)."""
     mask = None
 
     def __init__(self, n_layer, max_len):
@@ -155,13 +152,19 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = fast_attention  # tests swap in explicit_attention
+        # QK-norm (Dehghani et al. 2023): unit-RMS queries and keys (times a learned gain per channel)
+        # bound the attention logits, which can otherwise grow until softmax saturates (BENCH.md: Muon)
+        hs = config.n_embd // config.n_head
+        self.q_norm = nn.RMSNorm(hs, eps=1e-5) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(hs, eps=1e-5) if config.qk_norm else None
 
     def forward(self, x, cache=None, rope=None):
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
-        # q, k and v, each with its channels split into heads: every head attends independently in
-        # its own hs-wide subspace
+        # q, k and v with their channels split into heads: each head attends in its own hs-wide subspace
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        if self.q_norm is not None:  # per head, before RoPE and the cache: keys are cached normalised
+            q, k = self.q_norm(q.float()).type_as(v), self.k_norm(k.float()).type_as(v)  # in float32, as RoPE
         if rope is not None:  # before caching: keys are stored rotated to their absolute positions
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask = None
@@ -232,9 +235,8 @@ class SwiGLU(nn.Module):
 
 
 class MoE(nn.Module):
-    """Mixture of Experts: E expert MLPs, and a router that sends each token to its top k. The block
-    gains E times the feed-forward parameters for about k times the compute. Dropless: every token
-    reaches exactly k experts, however unevenly the router splits them (no capacity limit)."""
+    """Mixture of Experts: E expert MLPs and a router sending each token to its top k, for E times the
+    feed-forward parameters at about k times the compute. Dropless: every token reaches k experts."""
 
     def __init__(self, config):
         super().__init__()
@@ -369,8 +371,7 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count. The position table is left out by default; the token table is not,
-        because it is also the output layer (tied) and does real work there."""
+        """Parameter count; by default without the position table (the token table is also the output layer)."""
         n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
         if non_embedding and self.transformer.wpe is not None:
             n -= self.transformer.wpe.weight.numel()
@@ -393,8 +394,7 @@ class GPT(nn.Module):
             # (1, T, hs/2) or (B, 1, T, hs/2) each: broadcast over the heads
             rope = self.rope_cos[pos].unsqueeze(-3), self.rope_sin[pos].unsqueeze(-3)
         x = self.transformer.drop(x)
-        # gradient checkpointing keeps only each block's input for backward and recomputes the rest
-        # there: activation memory of one block instead of all, for about one more forward pass
+        # gradient checkpointing keeps each block's input alone and recomputes the rest in backward
         recompute = self.config.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
             x = checkpoint(block, x, cache, rope, use_reentrant=False) if recompute else block(x, cache, rope)
@@ -404,9 +404,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None):
         """Return (logits, loss). Targets equal to -1 are ignored. Without targets, only the last
-        position's logits are computed (B, 1, V): that is all generation needs. With experts, the
-        load-balancing loss (mean over layers, in self.last_aux_loss) joins the loss in training
-        mode only, so an evaluation's loss is pure cross-entropy, comparable across variants."""
+        position's logits (B, 1, V), all generation needs. MoE's load-balancing loss (mean over layers,
+        self.last_aux_loss) joins the loss in training only: evaluation is pure cross-entropy."""
         x = self.hidden_states(idx, cache)  # (B, T, C)
         if self.config.n_expert:
             self.last_aux_loss = torch.stack([block.mlp.aux_loss for block in self.transformer.h]).mean()
@@ -435,9 +434,8 @@ class GPT(nn.Module):
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                         eos_token=None):
         """Yield the next token of every row, (B,), one step at a time, using the KV cache. Call
-        model.eval() first (engine.ready_for_decoding does, and lays a CPU model out for speed). A
-        row that has produced eos_token keeps yielding it; the stream ends once every row has.
-        Randomness comes from torch's global RNG (seed it to reproduce).
+        model.eval() first (engine.ready_for_decoding does). A row that has produced eos_token keeps
+        yielding it; the stream ends once every row has. Random draws use torch's global RNG.
 
         The context window. Each token is predicted from the tokens since the window's start: at
         first the prompt's last block_size tokens. When the window is full and another token is
@@ -447,8 +445,8 @@ class GPT(nn.Module):
         tokens it sees them all: there this is exactly the full-context decode. A long generation
         costs one prefill of block_size // 2 tokens per about block_size // 2 new ones. (Sliding the
         window by one token would cost a prefill of the whole window for every token: each cached
-        key was computed with the dropped tokens in its context, and at its old position.) engine.Engine
-        restarts the windows of the rows it batches the same way."""
+        key was computed with the dropped tokens in its context, and at its old position.)
+        engine.Engine restarts the windows of the rows it batches the same way."""
         block, keep = self.config.block_size, self.window_restart()
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
         cache = KVCache(self.config.n_layer, block)

@@ -77,9 +77,14 @@ def human(v):
 def y_range(logs):
     """Loss range to show. The first iterations' loss (about ln(vocab_size) at initialisation) is far
     above all that follows; fitting it would squash the part of the curve worth reading into a thin
-    band. So: every evaluation except the one at iter 0, and the training losses between their 2nd
-    and 98th percentiles; the rest runs off the frame (clipped)."""
-    train = [loss for log in logs for _, loss in log.train]
+    band. So: every evaluation except the one at iter 0, and the training losses from a run's first
+    evaluation past 0 on (all of them if it has none), between their 2nd and 98th percentiles (a
+    percentile alone cannot drop the first steps when only a few iterations are logged); the rest
+    runs off the frame (clipped)."""
+    train = []
+    for log in logs:
+        start = next((it for it, *_ in log.evals if it > 0), 0)
+        train += [loss for it, loss in log.train if it >= start] or [loss for _, loss in log.train]
     evals = [e for log in logs for e in log.evals]
     shown = [v for it, *vs in evals if it > 0 for v in vs] or [v for _, *vs in evals for v in vs]
     if train:

@@ -54,3 +54,14 @@ def test_a_mistyped_train_setting_is_train_pys_one_line_error(tmp_path):
     assert_one_line_error(result, "train.py failed: unknown option --n_layr; did you mean --n_layer")
     result = run_script("bench.py", "--only=sample", "--n_layer=2")
     assert_one_line_error(result, "--n_layer=2 is not a bench option", "the train and payoff sections")
+
+
+def test_bench_recipe_quick_runs_both_recipes_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("bench.py", "--quick", "--only=recipe", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    r = json.loads(out.read_text())["recipe"]
+    for name in ("recipe", "nanogpt"):  # the toy's 20 iterations, evaluated at 0, 10 and 20
+        assert r[name]["last_iter"] == 20 and r[name]["last_time_s"] > 0 and r[name]["how"] == "finished", r
+    assert r["recipe"]["last_val"] != r["nanogpt"]["last_val"], "two different recipes"
+    assert "time to 1.88" in result.stdout, result.stdout

@@ -17,7 +17,7 @@ def llama_run(tmp_path_factory):
     """A training run's folder: a tiny Llama-layout model on a trained BPE, after 250 iterations."""
     out_dir = tmp_path_factory.mktemp("run")
     meta = bpe_meta() | {"name": "stories", "source": "tinystories_sample.txt", "train_tokens": 12345}
-    model = tiny_variant("all", vocab_size=meta["vocab_size"], n_expert=0)
+    model = tiny_variant("all", vocab_size=meta["vocab_size"], n_expert=0, qk_norm=False)  # Llama has no QK-norm
     write_checkpoint(out_dir, meta, model=model)
     ckpt = load_checkpoint(out_dir / "ckpt.pt")
     facts = {"iter_num": 250, "best_val_loss": 1.2345, "eval": {"val_loss": 1.2345, "val_bpb": 0.9876}}

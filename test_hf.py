@@ -4,7 +4,6 @@ tokenizer_meta). Each claim is checked against transformers itself: its logits, 
 chat template, its text-generation pipeline. Skipped without transformers, which stays optional,
 except where hf.py must refuse before it would need it.
 """
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -160,11 +159,6 @@ def test_export_with_gpt2s_tokenizer_writes_vocab_and_merges_that_match_tiktoken
 # Export: what has no place in a Hugging Face format
 
 
-@dataclass
-class FutureConfig(GPTConfig):
-    qk_norm: bool = False  # an option model.py may gain, with no place in Llama's format
-
-
 @pytest.mark.parametrize("options,message", [
     (dict(pos_emb="rope"), "mlp='gelu' has no place in Llama's Hugging Face format (pos_emb='rope' exports "
                            "as LlamaForCausalLM, which needs mlp='swiglu')"),
@@ -184,11 +178,14 @@ def test_export_refuses_an_option_without_a_place_naming_it(tmp_path, options, m
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary folder
 
 
-def test_export_refuses_an_option_model_py_may_gain_until_it_is_mapped():
-    with pytest.raises(UserError, match=r"^qk_norm=True has no place in Llama's Hugging Face format "
-                                        r"\(LlamaForCausalLM has no such option\)$"):
-        hf.export_layout(FutureConfig(**LAYOUTS["llama"], qk_norm=True))
-    assert hf.export_layout(FutureConfig(**LAYOUTS["llama"], dropout=0.1, grad_checkpoint=True)) == "llama"
+@pytest.mark.parametrize("layout,name", [("gpt2", "GPT-2's"), ("llama", "Llama's")])
+def test_export_refuses_qk_norm_which_no_layout_has_naming_it(tmp_path, layout, name):
+    with pytest.raises(UserError, match=rf"^qk_norm=True has no place in {name} Hugging Face format "
+                                        rf"\({hf.CLASSES[layout]} has no such option\)$"):
+        hf.export(tiny_variant(**LAYOUTS[layout], qk_norm=True), GPT2_META, tmp_path / "hf")
+    assert not list(tmp_path.iterdir())
+    config = GPTConfig(**LAYOUTS["llama"], dropout=0.1, grad_checkpoint=True)  # training-only options pass
+    assert hf.export_layout(config) == "llama"
 
 
 def test_export_refuses_a_character_level_model(tmp_path):

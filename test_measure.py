@@ -47,3 +47,13 @@ def test_time_to_target_is_the_first_evaluation_at_the_target_else_the_best():
     assert miss["iter"] is None and miss["time_s"] is None and miss["best_val"] == 1.40, miss
     with pytest.raises(UserError, match="timed out before its first evaluation"):
         time_to_target(rows[1:4], "timed out", target=1.47)
+
+
+def test_time_to_target_interpolates_the_crossing_between_the_evaluations_around_it():
+    rows = [evaluation(0, 4.0, 0.0), evaluation(50, 2.0, 10.0), evaluation(100, 1.8, 20.0), evaluation(150, 1.7, 30.0)]
+    run = time_to_target(rows, "finished", target=1.88)
+    assert run["crossed_s"] == pytest.approx(10.0 + 10.0 * 0.12 / 0.2) and run["time_s"] == 20.0, run
+    assert (run["last_val"], run["last_time_s"]) == (1.7, 30.0), run
+    assert time_to_target(rows, "finished", target=2.0)["crossed_s"] == 10.0  # reached at an evaluation
+    assert time_to_target(rows, "finished", target=5.0)["crossed_s"] == 0.0  # there from the start
+    assert time_to_target(rows, "finished", target=1.5)["crossed_s"] is None

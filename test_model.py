@@ -1,7 +1,7 @@
-"""Tests of model.py, in the order it defines things: the config; attention, RoPE; the feed-forward
-layers (SwiGLU, RMSNorm, Mixture of Experts); sampling from logits; the GPT's forward pass, gradient
-checkpointing, its KV cache and generation. Every variant (RoPE, SwiGLU, RMSNorm, MoE, all at once)
-makes the default model's claims too.
+"""Tests of model.py, in the order it defines things: the config; attention, RoPE, QK-norm; the
+feed-forward layers (SwiGLU, RMSNorm, Mixture of Experts); sampling from logits; the GPT's forward
+pass, gradient checkpointing, its KV cache and generation. Every variant in conftest.VARIANTS (all
+at once too) makes the default model's claims too.
 """
 import math
 
@@ -84,6 +84,47 @@ def test_rope_keeps_the_length_of_every_query():
     q = torch.randn(1, 2, 32, 16)
     err = max_diff(M.apply_rope(q, cos, sin).norm(dim=-1), q.norm(dim=-1))
     assert err < 1e-5, f"rotation changed vector lengths by {err}"
+
+
+# -----------------------------------------------------------------------------
+# QK-norm
+
+
+def record_attention_inputs(model):
+    """Wrap every layer's attention kernel; return a list that fills with (q, k) per call."""
+    seen = []
+    for module in model.modules():
+        if isinstance(module, M.CausalSelfAttention):
+            module.attend = lambda q, k, *rest, attend=module.attend: seen.append((q, k)) or attend(q, k, *rest)
+    return seen
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_qk_norm_gives_every_query_and_key_row_unit_rms_and_the_default_does_not(pos_emb):
+    idx = torch.randint(0, 64, (2, 16))
+    for qk_norm in (True, False):
+        model = tiny_variant(qk_norm=qk_norm, pos_emb=pos_emb)
+        seen = record_attention_inputs(model)
+        model(idx)
+        assert len(seen) == 2
+        rms = torch.stack([x.pow(2).mean(dim=-1).sqrt() for qk in seen for x in qk])  # (4, B, nh, T)
+        if qk_norm:  # the gains start at 1; RoPE rotates after the norm, keeping the length. Not
+            # exactly 1: eps=1e-5 joins mean squares of ~0.01 (q and k are small at init)
+            assert max_diff(rms, torch.ones_like(rms)) < 5e-3, rms
+        else:
+            assert max_diff(rms, torch.ones_like(rms)) > 0.5, "without QK-norm, rows have any length"
+
+
+def test_qk_norm_gains_are_learned_per_head_channel_and_scale_the_rows():
+    model = tiny_variant(qk_norm=True)
+    attn = model.transformer.h[0].attn
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (16,)  # head size 32 / 2
+    with torch.no_grad():
+        attn.q_norm.weight.fill_(3.0)
+    seen = record_attention_inputs(model)
+    model(torch.randint(0, 64, (1, 8)))
+    q_rms, k_rms = (x.pow(2).mean(dim=-1).sqrt() for x in seen[0])
+    assert max_diff(q_rms, torch.full_like(q_rms, 3.0)) < 2e-2 and max_diff(k_rms, torch.ones_like(k_rms)) < 5e-3
 
 
 # -----------------------------------------------------------------------------

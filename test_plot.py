@@ -104,6 +104,13 @@ def test_loss_svg_range_leaves_the_initial_loss_off_the_frame_and_every_later_ev
     assert max(labels) < curve(0) and min(labels) <= 1.7  # the range fits the curve after the first steps
 
 
+def test_range_leaves_the_initial_loss_off_even_when_few_training_losses_are_logged(tmp_path):
+    # one training loss every 100 iterations: the 98th percentile of 20 losses is the initial ~4.2
+    root = parse(plot.write_loss_svg(write_log(tmp_path / "run", run_rows(log_every=100, eval_every=200))))
+    labels = [v for v, _ in ticks(root, "ytick", "y")]
+    assert max(labels) < curve(100) and min(labels) <= 2.0, labels  # fits the curve from iter 200 on
+
+
 def test_resumed_log_keeps_the_last_row_of_each_iteration(tmp_path):
     # a run logged up to 500, crashed, and was resumed from its checkpoint at 250: iterations
     # 250-500 are logged twice, and the second time is the run that went on

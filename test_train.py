@@ -37,6 +37,20 @@ def test_every_config_file_sets_only_known_keys_to_values_train_py_accepts(path)
     train.check_settings(SimpleNamespace(**c))  # raises a UserError for a shape or value that cannot work
 
 
+# What the presets set before the recipe (commit 9490aa2), where the recipe changed it
+PRE_RECIPE = {"train_shakespeare_char.py": dict(learning_rate=1e-3, warmup_iters=100),
+              "train_tinystories.py": dict(learning_rate=1e-3, warmup_iters=1000)}
+GPT2_BLOCK = dict(optimizer="adamw", pos_emb="learned", mlp="gelu", norm="layernorm", qk_norm=False)
+
+
+@pytest.mark.parametrize("preset", list(PRE_RECIPE))
+def test_gpt2_block_after_a_preset_gives_back_exactly_the_preset_before_the_recipe(preset):
+    recipe = configure(train.DEFAULTS, [str(REPO / "config" / preset)])
+    gpt2 = configure(train.DEFAULTS, [str(REPO / "config" / preset), str(REPO / "config/gpt2_block.py")])
+    assert (recipe["optimizer"], recipe["pos_emb"], recipe["qk_norm"]) == ("muon", "rope", True)
+    assert gpt2 == recipe | GPT2_BLOCK | PRE_RECIPE[preset], {k: v for k, v in gpt2.items() if v != recipe[k]}
+
+
 def test_gpt2_config_is_half_a_million_tokens_over_8_gpus():
     c = configure(train.DEFAULTS, [str(REPO / "config/train_gpt2.py")])
     tokens = c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"]
@@ -373,7 +387,7 @@ def test_resuming_with_the_other_optimizer_is_a_one_line_error(data_dir, tmp_pat
 def test_all_variants_at_once_resume_exactly_and_log_the_aux_loss(data_dir, tmp_path):
     flags = ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", "--eval_interval=4",
              "--lr_decay_iters=8", "--dropout=0.1", "--max_iters=8", "--pos_emb=rope", "--mlp=swiglu",
-             "--norm=rmsnorm", "--n_expert=4", "--n_expert_active=2", "--grad_checkpoint=True"]
+             "--norm=rmsnorm", "--qk_norm=True", "--n_expert=4", "--n_expert_active=2", "--grad_checkpoint=True"]
     whole = run_train(data_dir, tmp_path / "a", *flags)
     run_train(data_dir, tmp_path / "b", *flags, "--max_iters=4")
     ckpt = load_checkpoint(tmp_path / "b" / "ckpt.pt")

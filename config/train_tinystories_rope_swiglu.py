@@ -1,11 +1,11 @@
-# config/train_tinystories.py with a modern twist: rotary position embeddings (no position table) and
-# SwiGLU feed-forward layers, in a smaller model: 8 layers, 6 heads, 384 wide, 512 context.
+# config/train_tinystories.py (its recipe: Muon, rotary positions, QK-norm) with SwiGLU feed-forward
+# layers, in a smaller model: 8 layers, 6 heads, 384 wide, 512 context.
 # About 33.5M parameters, 19.3M of them in the token embedding (50257 x 384) that doubles as the output
 # layer, so the transformer itself is ~14.2M (SwiGLU's hidden width 1024 = 8/3 x 384 keeps it at the
 # size of a GELU MLP).
 #   python prepare.py tinystories
 #   python train.py config/train_tinystories_rope_swiglu.py
-# Compare with the GPT-2-style baseline by running both and reading their val losses (README, model.py).
+# Compare with GPT-2's block: python train.py config/train_tinystories.py config/gpt2_block.py
 
 out_dir = "out-tinystories-rope-swiglu"
 dataset = "tinystories"
@@ -23,7 +23,6 @@ n_layer = 8
 n_head = 6  # head size 64: RoPE rotates 32 channel pairs per head
 n_embd = 384
 dropout = 0.0
-pos_emb = "rope"
 mlp = "swiglu"
 
 learning_rate = 1e-3
@@ -33,3 +32,11 @@ min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 1000
 weight_decay = 0.1
+
+# The recipe (BENCH.md: found on the CPU shakespeare_char run, not yet measured at this size): Muon for
+# the blocks' weight matrices, AdamW for the embeddings, norms and biases; rotary positions and QK-norm.
+optimizer = "muon"
+muon_lr = 0.02
+pos_emb = "rope"
+qk_norm = True
+# As before the recipe: --optimizer=adamw --qk_norm=False.
