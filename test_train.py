@@ -158,7 +158,7 @@ def test_checkpoint_that_does_not_fit_the_data_is_a_user_error(data_dir, tmp_pat
 def test_checkpoints_that_cannot_be_resumed_or_fine_tuned_from_say_why_in_one_line(data_dir, tmp_path):
     run_train(data_dir, tmp_path / "run", "--max_iters=10")
     edits = {  # a checkpoint from a newer model.py, one whose weights do not fit, one saved without state
-        "unknown": lambda c: c["model_args"].update(qk_norm=True),
+        "unknown": lambda c: c["model_args"].update(n_wings=2),
         "shapes": lambda c: c["model"].update({"transformer.wte.weight": torch.zeros(3, 32)}),
         "no_optimizer": lambda c: c.pop("optimizer"),
     }
@@ -167,7 +167,7 @@ def test_checkpoints_that_cannot_be_resumed_or_fine_tuned_from_say_why_in_one_li
         edit(ckpt)
         (tmp_path / name).mkdir()
         torch.save(ckpt, tmp_path / name / "ckpt.pt")
-    for name, needle in (("unknown", "its model_args name options this version lacks: qk_norm"),
+    for name, needle in (("unknown", "its model_args name options this version lacks: n_wings"),
                          ("shapes", "its weights do not fit its model_args (Error(s) in loading")):
         for init_from in ("resume", tmp_path / name):  # resume it, or fine-tune from its weights
             with pytest.raises(UserError, match=re.escape(f"{tmp_path / name}/ckpt.pt does not match this "
