@@ -422,15 +422,19 @@ def train(config):
     try:
         run = prepare_run(cfg, rt)
         if cfg.eval_only:
-            if not rt.master:
-                return {}
-            losses, bpb = evaluate(run.eval_model, run.splits, cfg, rt, run.bytes_of)
-            print(f"val {eval_summary(losses['val'], bpb['val'])}")
-            return {"val_loss": losses["val"], "val_perplexity": perplexity(losses["val"]),
-                    "val_bpb": bpb["val"]}
-        loop(run, cfg, rt)
-        return {"iter_num": run.iter_num, "best_val_loss": run.best_val_loss, "losses": run.losses,
-                "evals": run.evals}
+            summary = {}
+            if rt.master:
+                losses, bpb = evaluate(run.eval_model, run.splits, cfg, rt, run.bytes_of)
+                print(f"val {eval_summary(losses['val'], bpb['val'])}")
+                summary = {"val_loss": losses["val"], "val_perplexity": perplexity(losses["val"]),
+                           "val_bpb": bpb["val"]}
+        else:
+            loop(run, cfg, rt)
+            summary = {"iter_num": run.iter_num, "best_val_loss": run.best_val_loss, "losses": run.losses,
+                       "evals": run.evals}
+        if rt.ddp:  # gloo aborts a process that leaves while another still evaluates or saves
+            dist.barrier()
+        return summary
     finally:
         if rt.ddp:
             dist.destroy_process_group()
