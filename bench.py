@@ -16,9 +16,12 @@ Sections:
            are handed on to train.py.
   sample   decoding tokens/s of a 6-layer, 384-wide GPT-2-vocabulary model for 500 new tokens,
            with the KV cache (GPT.generate_stream, what sample.py runs) and without it (a full
-           forward over the context for every token), batch 1 and 8, same weights and seed.
+           forward over the context for every token), batch 1 and 8, same weights and seed; with a
+           256-token context, so that the tokens run past it; and Hugging Face's cached generate on
+           the same weights (when transformers is installed). Ratios first, against DECODING_TARGETS.
   prepare  tokens/s and peak memory of `prepare.py --input=...` on a ~10 MB corpus built from
-           ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate.
+           ../shared/data, beside the usual datasets.map + per-document encode + np.concatenate;
+           and the peak memory of the same text as one document on one line, and of 4 times it.
   tokenizer  learning a BPE through prepare.py's code against the `tokenizers` trainer on the file,
            time and peak memory on 10 and 40 MB corpora; then prepare.py's tokens/s with that BPE
            against GPT-2's (tiktoken), on the same text and processes.
@@ -35,6 +38,7 @@ Sections:
            nanoGPT's, side by side: wall time to val 1.88 over nanoGPT's 2000 iterations; val at 2000.
 Every figure comes with the device, torch version and thread count (bench.json's "env").
 """
+import copy
 import json
 import os
 import statistics
@@ -55,10 +59,11 @@ from configurator import UserError, measured_matmul_flops, pick_device, pick_dty
 from gpucheck import gpu_rows, run_gpu_check
 from loadtest import load_test, summary
 from measure import (QUICK_SAMPLE_MODEL, ROOT, SAMPLE_MODEL, SHARED_DATA, baseline_prepare, build_corpus,
-                     environment, find_gpt2_files, iteration_rows, learn_directly, learn_through_prepare,
-                     measure_process, memory_bandwidth, python_call, thread_env, time_decoding, time_to_target,
-                     train_speed, watch_training, write_random_dataset)
+                     environment, find_gpt2_files, hugging_face_copy, iteration_rows, learn_directly,
+                     learn_through_prepare, measure_process, memory_bandwidth, python_call, thread_env,
+                     time_decoding, time_to_target, train_speed, watch_training, write_random_dataset)
 from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
 
 # in this order: cpu's bandwidth bounds sampling
 SECTIONS = ("cpu", "train", "sample", "prepare", "serve", "tokenizer", "payoff", "gpu", "recipe")
@@ -98,6 +103,9 @@ QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads
              payoff_seconds=0.5, payoff_eval_iters=1)
 QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
 SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
+# Decoding targets (issue 17), ratios measured in one run: cached batch 1 against Hugging Face's cached
+# generate and the memory-bound limit; tokens past a (quarter-size) context against tokens within it.
+DECODING_TARGETS = dict(cache_batch1_over_hf=3.0, cache_batch1_share_of_bound=0.5, past_block_over_within=0.8)
 
 
 # -----------------------------------------------------------------------------
@@ -130,7 +138,8 @@ def write_recipe(folder):
 
 
 def bench_sample(cfg, device):
-    """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed."""
+    """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed; past the
+    context window; and Hugging Face's cached generate on the same weights, when installed."""
     from engine import SAMPLING, ready_for_decoding
 
     torch.manual_seed(cfg.seed)
@@ -138,32 +147,38 @@ def bench_sample(cfg, device):
     model = GPT(GPTConfig(**shape))
     params = model.get_num_params()  # what one token reads: every weight once (of the positions, a row)
     weight_bytes = params * torch.finfo(getattr(torch, cfg.dtype)).bits // 8
-    model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
     settings = {k: SAMPLING[k] for k in ("temperature", "top_k", "top_p")}
-    runs = {}
     repeats = 1 if cfg.quick else 5  # cached runs take seconds: a median of five evens out a noisy machine
+    hf_model = hugging_face_copy(model) if device == "cpu" and cfg.dtype == "float32" else None
+    model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
+    runs = {}
     for batch in (1, 8):
         for cache in (True, False):
             idx = torch.zeros(batch, 1, dtype=torch.long, device=device)  # a one-token prompt
             runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = time_decoding(
                 model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats if cache else 1)
+    one = torch.zeros(1, 1, dtype=torch.long, device=device)
+    n, timed = cfg.new_tokens, (settings, cfg.seed, repeats)
+    # the same weights with a quarter of the context: the new tokens run past it (GPT.generate_stream
+    # restarts the window at its last half when it is full)
+    (short := copy.deepcopy(model)).crop_block_size(shape["block_size"] // 4)
+    runs["cache_batch1_past_block"] = time_decoding(short, one, n, True, *timed)
+    if hf_model is not None:
+        runs["hf_generate_batch1"] = time_decoding(hf_model, one, n, "hf", *timed)
     if device == "cpu" and cfg.dtype == "float32":  # what sample.py --dtype=float16 does instead
         torch.manual_seed(cfg.seed)  # the same weights, in half the bytes
         half = ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16")
-        idx = torch.zeros(1, 1, dtype=torch.long)
-        runs["cache_batch1_float16"] = time_decoding(half, idx, cfg.new_tokens, True, settings, cfg.seed,
-                                                     repeats)
-    # Decoding one token reads every weight once (a batch shares the read), so the read bandwidth
-    # bounds the speed: 120 MB of float32 weights (plus ~5 MB of cache) at the 33-40 GB/s a sum
-    # read on the 2-core test machine is 277-334 tokens/s. Cached batch 1 ran at 150-175 in those
-    # runs, 49-56% of the bound: the 77 MB output layer streams at ~35 GB/s, the blocks' 24 small
-    # products at ~20, and attention over the cache, sampling and ~360 small operations take ~2 ms.
-    bound = memory_bandwidth(device, cfg.quick) / weight_bytes
-    return {"model": shape, "params": params, "new_tokens": cfg.new_tokens,
-            "prompt_tokens": 1, "sampling": settings, **runs,
-            "batch8_over_batch1": runs["cache_batch8"]["tokens_per_s"] / runs["cache_batch1"]["tokens_per_s"],
+        runs["cache_batch1_float16"] = time_decoding(half, one, n, True, *timed)
+    bound = memory_bandwidth(device, cfg.quick) / weight_bytes  # a token reads every weight (a batch, once)
+    rate = {key: run["tokens_per_s"] for key, run in runs.items()}
+    ratios = {"cache_batch1_over_hf": rate["cache_batch1"] / rate.get("hf_generate_batch1", float("nan")),
+              "cache_batch1_share_of_bound": rate["cache_batch1"] / bound,
+              "past_block_over_within": rate["cache_batch1_past_block"] / rate["cache_batch1"],
+              "batch8_over_batch1": rate["cache_batch8"] / rate["cache_batch1"]}
+    return {"model": shape, "params": params, "new_tokens": cfg.new_tokens, "prompt_tokens": 1,
+            "sampling": settings, "past_block_size": short.config.block_size, **runs, "ratios": ratios,
             "weight_mb": weight_bytes / 1e6, "memory_bound_tokens_per_s": bound,
-            "cache_batch1_share_of_bound": runs["cache_batch1"]["tokens_per_s"] / bound}
+            "targets": {} if cfg.quick else DECODING_TARGETS}
 
 
 # -----------------------------------------------------------------------------
@@ -185,10 +200,14 @@ def bench_prepare(cfg):
     """prepare.py against the usual datasets.map recipe, each as a subprocess, on the same corpus."""
     if not SHARED_DATA.is_dir():
         return {"skipped": f"no sample corpora at {SHARED_DATA}"}
+    find_gpt2_files(os.environ)
+    try:  # both ways tokenize with GPT-2's BPE
+        load_tokenizer({"tokenizer": "gpt2"})
+    except UserError as e:
+        return {"skipped": str(e)}
+    size, num_proc = int(cfg.corpus_mb * 1e6), cfg.num_proc or os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = build_corpus(Path(tmp, "corpus.txt"), int(cfg.corpus_mb * 1e6))
-        out_dir = Path(tmp, "data")
-        num_proc = cfg.num_proc or os.cpu_count()
+        corpus, out_dir = build_corpus(Path(tmp, "corpus.txt"), size), Path(tmp, "data")
         ours = measure_process([sys.executable, "prepare.py", f"--input={corpus}", "--name=bench",
                                 f"--out_dir={out_dir}", f"--num_proc={num_proc}"])
         meta = json.loads((out_dir / "bench" / "meta.json").read_text())
@@ -198,10 +217,16 @@ def bench_prepare(cfg):
                                env={"HF_DATASETS_CACHE": tmp})
         base["tokens"] = baseline_out.stat().st_size // 2
         corpus_mb = corpus.stat().st_size / 1e6
+        # one document on one line, of the corpus' size and of 4 times it: memory should not grow
+        one = {f"{n}x": measure_process([sys.executable, "prepare.py", f"--name=one{n}", f"--out_dir={out_dir}",
+                                         f"--input={build_corpus(Path(tmp, f'one{n}.txt'), n * size, True)}",
+                                         f"--num_proc={num_proc}"]) for n in (1, 4)}
     for result in (ours, base):
         result["tokens_per_s"] = result["tokens"] / result["seconds"]
     return {"corpus_mb": corpus_mb, "num_proc": num_proc, "prepare_py": ours, "datasets_map": base,
-            "speedup": ours["tokens_per_s"] / base["tokens_per_s"]}
+            "speedup": ours["tokens_per_s"] / base["tokens_per_s"], "one_document": one,
+            "one_document_4x_over_1x_peak": one["4x"]["peak_rss_mb"] / one["1x"]["peak_rss_mb"],
+            "one_document_over_documents_peak": one["1x"]["peak_rss_mb"] / ours["peak_rss_mb"]}
 
 
 # -----------------------------------------------------------------------------
@@ -406,12 +431,19 @@ def _train_rows(t):
 
 
 def _sample_rows(s):
-    rows = [(f"{key.replace('_', ' ')}, {s['new_tokens']} tokens", f"{s[key]['tokens_per_s']:.1f} tok/s")
-            for key in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8",
-                        "cache_batch1_float16") if key in s]
-    return rows + [("memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s "
-                    f"(cached batch 1 reaches {s['cache_batch1_share_of_bound'] * 100:.0f}%)"),
-                   ("batch 8 / batch 1 (cached)", f"{s['batch8_over_batch1']:.2f}x")]
+    names = {"cache_batch1_over_hf": "cached batch 1 / Hugging Face's cached generate",
+             "cache_batch1_share_of_bound": "cached batch 1 / memory-bound limit",
+             "past_block_over_within": f"past the context (block {s['past_block_size']}) / within it",
+             "batch8_over_batch1": "batch 8 / batch 1 (cached)"}
+    rows = []
+    for key, ratio in s["ratios"].items():  # ratios first, each against its target if it has one
+        target = s["targets"].get(key)
+        met = f" (target {target:g}x: {'met' if ratio >= target else 'MISSED'})" if target else ""
+        rows += [(names[key], f"{ratio:.2f}x{met}")] if ratio == ratio else []  # NaN: no transformers
+    rows += [(f"{key.replace('_', ' ')}, {s['new_tokens']} tokens", f"{s[key]['tokens_per_s']:.1f} tok/s")
+             for key in ("cache_batch1", "hf_generate_batch1", "cache_batch1_past_block", "no_cache_batch1",
+                         "cache_batch8", "no_cache_batch8", "cache_batch1_float16") if key in s]
+    return rows + [("memory-bound limit, batch 1", f"{s['memory_bound_tokens_per_s']:.1f} tok/s")]
 
 
 def _prepare_rows(p):
@@ -423,7 +455,12 @@ def _prepare_rows(p):
         rows += [(f"{key} tokens/s ({p['corpus_mb']:.1f} MB)", f"{r['tokens_per_s']:,.0f}"),
                  (f"{key} peak memory (largest RSS / all PSS)",
                   f"{r['peak_rss_mb']:.0f} / {r['peak_pss_total_mb']:.0f} MB")]
-    return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x")]
+    one = [p["one_document"][k]["peak_rss_mb"] for k in ("1x", "4x")]
+    return rows + [("prepare.py speed-up", f"{p['speedup']:.1f}x"),
+                   ("peak memory, one document of 4x / 1x the size",
+                    f"{p['one_document_4x_over_1x_peak']:.2f}x ({one[0]:.0f} -> {one[1]:.0f} MB largest RSS)"),
+                   ("peak memory, one document / as many documents",
+                    f"{p['one_document_over_documents_peak']:.2f}x")]
 
 
 def _serve_rows(s):

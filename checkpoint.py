@@ -12,6 +12,7 @@ folder, or GPT-2's weights / a Hugging Face folder (hf.py: GPT-2, Llama or Mixtr
 tokenizer becomes the meta).
 """
 import os
+from dataclasses import fields
 
 import torch
 
@@ -44,10 +45,11 @@ def load_checkpoint(path):
 def model_from_checkpoint(ckpt, **overrides):
     """Rebuild the model a checkpoint dict holds; overrides change config fields that the weights do
     not depend on (dropout, grad_checkpoint)."""
-    try:
-        config = GPTConfig(**{**ckpt["model_args"], **overrides})
-    except TypeError as e:  # a field this model.py does not know
-        raise ValueError(f"its model_args do not fit this model.py ({e})") from None
+    unknown = sorted(set(ckpt["model_args"]) - {f.name for f in fields(GPTConfig)})
+    if unknown:  # e.g. an option added to GPTConfig after this copy of model.py
+        raise ValueError(f"its model_args name options this version lacks: {', '.join(unknown)} (was it "
+                         "saved by a newer or a modified sprout?)")
+    config = GPTConfig(**{**ckpt["model_args"], **overrides})
     model = GPT(config)
     try:
         model.load_state_dict(ckpt["model"])

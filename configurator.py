@@ -10,6 +10,8 @@ import ast
 import contextlib
 import difflib
 import functools
+import os
+import re
 import signal
 import sys
 import time
@@ -21,22 +23,34 @@ class UserError(Exception):
     """A mistake the user can fix (bad flag, missing file, ...): printed as one line, exit code 1."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is: it cleans up as Ctrl-C does (temporary files removed,
+    old ones kept)."""
+
+
 def _terminated(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: temporary files removed, old ones kept
+    raise Terminated
 
 
 def run(main):
     """Call main(); turn a UserError into one line on stderr and a non-zero exit, never a traceback.
-    SIGTERM is handled as Ctrl-C is, so that whatever was being written is cleaned up."""
+    SIGTERM is handled as Ctrl-C is, so that whatever was being written is cleaned up. A reader that
+    stops early (`python sample.py | head`) ends the script quietly, as it ends any Unix tool."""
     signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the exit codes a shell reports for them
+        terminated = isinstance(e, Terminated)
+        print("\nterminated" if terminated else "\ninterrupted", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    except BrokenPipeError:
+        # stdout's reader is gone: point stdout at /dev/null so that Python's final flush of what
+        # is still buffered cannot fail again, then exit as a tool killed by SIGPIPE does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
 
 
 def configure(defaults, argv):
@@ -154,8 +168,13 @@ def pick_device(device="auto"):
         if torch.cuda.is_available():
             return "cuda"
         return "mps" if torch.backends.mps.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N (the Nth GPU) or mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{device}' was asked for but CUDA is not available; use --device=cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device '{device}' was asked for but this machine has "
+                        f"{torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device == "mps" and not torch.backends.mps.is_available():
         raise UserError("device 'mps' was asked for but is not available; use --device=cpu")
     return device

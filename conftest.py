@@ -1,10 +1,15 @@
 """What every test file shares: paths, skip markers, tiny models, datasets and checkpoints, the one
-reference decode, and the helpers that run the project's scripts. `python -m pytest -q` runs them all
-on a CPU in about a minute; each test_<file>.py proves the claims of <file>.py.
+reference decode (with the context window generation follows), and the helpers that run the
+project's scripts. `python -m pytest -q` runs them all on a CPU in about a minute; each
+test_<file>.py proves the claims of <file>.py.
 
-Tests that need the GPT-2 BPE files or the sample corpora in ../shared skip with a reason when they
-are absent (a user's clone has no ../shared); tests that need transformers, the openai client,
-selenium or CUDA skip when those are missing.
+Only tests of GPT-2's own tokenizer need GPT-2's BPE files (needs_gpt2_files); the rest build a
+tokenizer of their own, and for them the files are made unreachable, as on a newcomer's offline
+machine, so that a test which needs them without saying so fails here too. Tests that need those
+files or the sample corpora in ../shared skip with a reason when they are absent (a user's clone has
+no ../shared); tests that need transformers, the openai client, selenium or CUDA skip when those are
+missing. SPROUT_NO_SHARED=1 hides ../shared, to run the suite as a newcomer's clone does (CI does so
+once).
 """
 import functools
 import importlib.util
@@ -13,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +28,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent
 SHARED = REPO.parent / "shared"  # beside a development checkout only: sample corpora, GPT-2's BPE files
+if os.environ.get("SPROUT_NO_SHARED") == "1":
+    SHARED = REPO.parent / "shared (hidden: SPROUT_NO_SHARED=1)"  # a path that does not exist
 # tiktoken finds GPT-2's BPE files offline in ../shared/tiktoken, unless the environment names a cache
 if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken")
@@ -41,20 +49,48 @@ torch.set_num_threads(1)
 
 
 def _gpt2_files_cached():
-    """Whether tiktoken's cache holds files (it looks where tiktoken itself looks)."""
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-    return bool(cache) and any(Path(cache).glob("*"))
+    """Whether tiktoken's cache holds files, looking where tiktoken itself looks."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(
+        "DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+    return bool(cache) and any(Path(cache).glob("*"))  # '' turns tiktoken's cache off
 
 
 needs_shared = pytest.mark.skipif(not (SHARED / "data").is_dir(),
                                   reason="../shared/data is absent (it sits beside a development checkout)")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-needs_gpt2_files = pytest.mark.skipif(not _gpt2_files_cached(),
+GPT2_FILES = _gpt2_files_cached()
+needs_gpt2_files = pytest.mark.skipif(not GPT2_FILES,
                                       reason="GPT-2 BPE files not found (set TIKTOKEN_CACHE_DIR)")
+may_use_gpt2_files = pytest.mark.gpt2_files  # a test that reads them when they are there, e.g. bench's
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="transformers is not installed (pip install transformers)")
 needs_openai = pytest.mark.skipif(importlib.util.find_spec("openai") is None,
                                   reason="the openai client is not installed (pip install openai)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpt2_files: the test may read GPT-2's BPE files when present")
+
+
+@pytest.fixture(scope="session")
+def _no_gpt2_files(tmp_path_factory):
+    return tmp_path_factory.mktemp("empty_tiktoken_cache")
+
+
+@pytest.fixture(autouse=True)
+def _gpt2_files_only_where_declared(request, monkeypatch, _no_gpt2_files):
+    """Every test not marked needs_gpt2_files (or may_use_gpt2_files) runs as if offline without
+    GPT-2's BPE files: tiktoken finds nothing, in this process and in the scripts it runs."""
+    node = request.node
+    if node.get_closest_marker("gpt2_files") or needs_gpt2_files.mark in node.iter_markers("skipif"):
+        return
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError(f"{name}: GPT-2's BPE files are unreachable for tests not marked needs_gpt2_files")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(_no_gpt2_files))
 
 
 # -----------------------------------------------------------------------------
@@ -134,12 +170,24 @@ def tiny_variant(variant=None, seed=0, **overrides):
     return tiny_model(seed, **{**VARIANTS.get(variant, {}), **overrides})
 
 
+def window_starts(prompt_len, n, block_size):
+    """Where the context window of each of n decoding steps starts, as GPT.generate_stream's
+    contract says: at the prompt's last block_size tokens, then, whenever a full window would have
+    to grow, at the sequence's last block_size // 2 tokens. Step i predicts from tokens start..T+i."""
+    start = max(0, prompt_len - block_size)
+    for length in range(prompt_len, prompt_len + n):
+        if length - start > block_size:
+            start = length - max(1, block_size // 2)
+        yield start
+
+
 @torch.no_grad()
 def greedy_without_cache(model, idx, n):
-    """The reference decode, (B, T) -> (B, T + n): a full forward over the (cropped) context for every
-    new token, no KV cache, the most likely token each time."""
-    for _ in range(n):
-        logits, _ = model(idx[:, -model.config.block_size:])  # (B, 1, V)
+    """The reference decode, (B, T) -> (B, T + n): for every new token a full forward over its
+    context window (window_starts), no KV cache, the most likely token each time. Within block_size
+    tokens the window is the whole sequence."""
+    for start in window_starts(idx.size(1), n, model.config.block_size):
+        logits, _ = model(idx[:, start:])  # (B, 1, V)
         idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
     return idx
 

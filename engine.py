@@ -402,13 +402,13 @@ class Engine:
         if self.worker is not None:
             self.worker.join()
 
-    # The worker thread: admit, slide, step, retire, until closed.
+    # The worker thread: admit, restart full windows, step, retire, until closed.
 
     def _work(self):
         with torch.inference_mode():
             while self._admit():
                 try:
-                    self._slide()
+                    self._restart_full_windows()
                     self._retire()
                     self._step()
                 except Exception as e:  # a failure inside the model: end every request, keep serving
@@ -441,23 +441,23 @@ class Engine:
                 self._end(request)
         return True
 
-    def _prefill(self, request, row=None):
-        """Run a request's last block_size tokens through the model on their own into its cache row
-        (a new last row, or `row` when its window slides) and pick its next token."""
+    def _prefill(self, request, row=None, keep=None):
+        """Run a request's last `keep` tokens (block_size unless told) through the model on their own
+        into its cache row (a new last row, or `row` when its window restarts) and pick its next token."""
         cache = KVCache(self.model.config.n_layer, self.block_size)
-        idx = torch.tensor([request.ids[-self.block_size:]], device=self.device)  # (1, T)
+        idx = torch.tensor([request.ids[-(keep or self.block_size):]], device=self.device)  # (1, T)
         x = self.model.hidden_states(idx, cache)[:, -1]  # (1, C)
         self.cache.add(cache, row)
         if row is None:
             self.active.append(request)
         self._take(request, self.model.lm_head(x))  # (1, V)
 
-    def _slide(self):
-        """A row whose cache is full restarts from its last block_size tokens, as
-        GPT.generate_stream does: every cached key was computed with the dropped tokens in view."""
+    def _restart_full_windows(self):
+        """A row whose cache is full restarts its window at its last tokens, as GPT.generate_stream
+        does (see there: the context window)."""
         for row, request in enumerate(self.active):
             if self.cache.lengths[row] == self.block_size and not request.finish:
-                self._prefill(request, row)
+                self._prefill(request, row, keep=self.model.window_restart())
 
     def _step(self):
         """The next token of every row with room in its cache, from one forward of them all."""

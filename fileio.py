@@ -36,11 +36,30 @@ def fsync_file(path):
         os.fsync(f.fileno())
 
 
-def disk_full_error(path, needed=None):
-    """The one line a user reads when the disk fills up while writing `path`."""
-    size = f" (about {needed / 1e6:,.0f} MB were needed)" if needed else ""
-    return UserError(f"the disk is full: could not write {path}{size}; free some space and run again "
-                     f"(nothing half-written was left behind)")
+def check_folder(folder, flag):
+    """Refuse an output folder whose path runs into a file, in one line that names the flag to change."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"{path} is a file, not a folder; choose another {flag}")
+            return
+
+
+def file_size(n):
+    """A number of bytes for people: '1.5 GB', '320.4 kB', '12 bytes'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} bytes"
+
+
+def disk_full_error(path, needed=None, at_least=False, kept=False):
+    """The one line a user reads when the disk fills up while writing `path`: how much space was
+    needed (bytes; at least that many if at_least), and whether the previous file there was kept."""
+    size = f" ({'at least' if at_least else 'about'} {file_size(needed)} are needed)" if needed else ""
+    left = "the previous one is kept" if kept else "nothing half-written was left behind"
+    return UserError(f"the disk is full: could not write {path}{size}; {left}; free some space and "
+                     "run again")
 
 
 @contextmanager
@@ -58,7 +77,7 @@ def atomic_write(path, mode="wb"):
         fsync_dir(path.parent)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise disk_full_error(path) from None
+            raise disk_full_error(path, kept=path.exists()) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -87,8 +106,10 @@ def staged_outputs(folder, names):
             os.replace(tmp[n], folder / n)
         fsync_dir(folder)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise disk_full_error(folder, sum(p.stat().st_size for p in tmp.values() if p.exists())) from None
+        if e.errno == errno.ENOSPC:  # what was written so far is a lower bound of what is needed
+            needed = sum(p.stat().st_size for p in tmp.values() if p.exists())
+            raise disk_full_error(folder, needed, at_least=True,
+                                  kept=any((folder / n).exists() for n in names)) from None
         raise
     finally:
         for path in tmp.values():

@@ -10,8 +10,9 @@ in the test suite.
           rows of 10 iterations each, after 21 iterations of warm-up and compilation), against the
           datasheet peak (configurator.GPU_PEAK_FLOPS) and against an 8192^3 bfloat16 matmul timed here.
   recipe  config/train_shakespeare_char.py as it stands (6 layers, 384 wide, block 256, batch 64,
-          dropout 0.2, 5000 iterations, compiled) on --shakespeare_dir, with --optimizer=adamw, then
-          =muon; each run is stopped at its first evaluation with val <= 1.47: its wall time (time_s
+          dropout 0.2, 5000 iterations, compiled) on --shakespeare_dir: first with config/gpt2_block.py
+          after it (GPT-2's block, AdamW alone: the preset before the recipe), then as it is (Muon,
+          RoPE, QK-norm); each run is stopped at its first evaluation with val <= 1.47: its wall time (time_s
           in train.py's log, compilation included) and iteration; else the best val and its iteration.
   sample  decoding tokens/s with the KV cache, as sample.py runs it, batch 1 and 8: the sample
           section's 6-layer, 384-wide model and GPT-2 124M's shape, random weights.
@@ -135,8 +136,11 @@ def gpu_recipe(cfg, device, tmp):
         return first_at_target(rows, GPU_VAL_TARGET) is not None
 
     results = {}
-    for optimizer in ("adamw", "muon"):
-        args = ["config/train_shakespeare_char.py", f"--optimizer={optimizer}", f"--device={device}",
+    # adamw: GPT-2's block trained by AdamW alone, the preset as it was before the recipe (nanoGPT's
+    # kind of run); muon: the preset as it stands (Muon, RoPE, QK-norm)
+    recipes = {"adamw": ["config/gpt2_block.py"], "muon": []}
+    for optimizer, overlay in recipes.items():
+        args = ["config/train_shakespeare_char.py", *overlay, f"--device={device}",
                 f"--data_dir={data}", "--init_from=scratch", "--wandb_log=False", *(GPU_QUICK if cfg.quick else [])]
         try:  # one run failing leaves the other to run
             rows, how = watch_training(args, tmp / optimizer, stop=reached, env=thread_env(cfg.threads),

@@ -441,7 +441,8 @@ def our_config(hf_config):
         args |= dict(n_expert=h.num_local_experts, n_expert_active=h.num_experts_per_tok,
                      aux_loss_coef=h.router_aux_loss_coef)
     args["vocab_size"] = h.vocab_size
-    if args["mlp_hidden"] == hidden_width(GPTConfig(n_embd=args["n_embd"]), args.get("mlp", "gelu")):
+    if args["mlp_hidden"] == hidden_width(GPTConfig(n_embd=args["n_embd"], n_head=args["n_head"]),
+                                          args.get("mlp", "gelu")):
         args["mlp_hidden"] = 0  # the default width: model_args read as a model of ours would have them
     return layout, args
 

@@ -10,9 +10,12 @@ environment every figure depends on.
                                 from /proc: the largest process's RSS, and the whole tree's PSS
     python_call(function, ...)  the command that runs a function's own source in a fresh interpreter
     build_corpus(path, size)    the sample corpora of ../shared/data, repeated to about `size` bytes
+                                (or as one document on one line)
 
-Scripts are measured as users run them, as subprocesses: this library imports none of them.
+Scripts are measured as users run them, as subprocesses: this library imports none of them. Hugging Face's cached generate
+(hugging_face_copy, decode_with_hf) is the reference decoding is measured against.
 """
+import importlib.util
 import inspect
 import itertools
 import json
@@ -22,6 +25,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from functools import lru_cache
@@ -184,8 +188,9 @@ def first_at_target(rows, target):
 # Any command: wall time and peak memory; corpora
 
 
-def build_corpus(path, size):
-    """Copies of the shared sample corpora, concatenated to about `size` bytes."""
+def build_corpus(path, size, one_line=False):
+    """Copies of the shared sample corpora, concatenated to about `size` bytes: documents separated
+    by blank lines, or (one_line) a single document on a single line."""
     texts = [p.read_text(encoding="utf-8") for p in sorted(SHARED_DATA.glob("*.txt"))]
     written = 0
     with open(path, "w", encoding="utf-8") as f:
@@ -193,6 +198,7 @@ def build_corpus(path, size):
             if written >= size:
                 return path
             text = text[:size - written] + "\n\n"
+            text = " ".join(text.split("\n")) if one_line else text
             f.write(text)
             written += len(text.encode("utf-8"))
 
@@ -293,7 +299,7 @@ def learn_through_prepare(corpus, vocab_size, out):
     then writes the tokenizer.json to `out`. A program text, run like `python prepare.py`: this
     library does not import the script."""
     program = ("import sys\nfrom pathlib import Path\nimport prepare, sources\n"
-               "make_pairs, n_docs = sources.local_splits([Path(sys.argv[1])], 1e-9)\n"
+               "make_pairs, n_docs, _ = sources.local_splits([Path(sys.argv[1])], 1e-9)\n"
                "meta = prepare.tokenizer_meta('bpe', make_pairs, int(sys.argv[2]), n_train=n_docs - 1)\n"
                "Path(sys.argv[3]).write_text(meta['tokenizer_json'], encoding='utf-8')\n")
     return [sys.executable, "-c", program, str(corpus), str(vocab_size), str(out)]
@@ -314,8 +320,9 @@ def learn_directly(corpus, vocab_size):
 
 
 def time_decoding(model, idx, n, cache, settings, seed, repeats):
-    """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike."""
-    decode = decode_with_cache if cache else decode_without_cache
+    """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike.
+    cache: True (GPT.generate_stream), False (a full forward per token) or "hf" (transformers)."""
+    decode = {True: decode_with_cache, False: decode_without_cache, "hf": decode_with_hf}[cache]
     decode(model, idx, 2, **settings)  # warm-up: first-call allocations
     seconds = []
     for _ in range(repeats):
@@ -384,3 +391,26 @@ def cpu_name():
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def hugging_face_copy(model):
+    """transformers' GPT2LMHeadModel with the model's weights, saved and loaded as a user would; None
+    without transformers."""
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    import hf
+    from transformers import GPT2LMHeadModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(model, tmp)
+        return GPT2LMHeadModel.from_pretrained(tmp).eval()
+
+
+def decode_with_hf(model, idx, n, temperature, top_k, top_p):
+    """n new tokens through Hugging Face's generate with its KV cache, sampling alike (no early stop)."""
+    import torch
+
+    with torch.inference_mode():
+        model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                       use_cache=True, pad_token_id=0)

@@ -40,10 +40,26 @@ class GPTConfig:
     grad_checkpoint: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
     def __post_init__(self):
+        """Refuse a shape or option that cannot work, with a ValueError saying why in a sentence
+        (the scripts print it as their one-line error)."""
+        for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
+        if self.n_embd % self.n_head:  # suggest the nearest head count that divides, and a width
+            heads = min((h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0),
+                        key=lambda h: abs(h - self.n_head))
+            raise ValueError(f"n_embd={self.n_embd} does not split into n_head={self.n_head} equal heads; "
+                             f"use n_head={heads} or n_embd={-(-self.n_embd // self.n_head) * self.n_head}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout is the probability of zeroing an activation: from 0 to below 1, "
+                             f"not {self.dropout}")
         choices = dict(pos_emb=("learned", "rope"), mlp=("gelu", "swiglu"), norm=("layernorm", "rmsnorm"))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
+        if self.n_expert < 0:
+            raise ValueError(f"n_expert must be 0 (one dense MLP) or more, not {self.n_expert}")
         if self.n_expert and not 1 <= self.n_expert_active <= self.n_expert:
             raise ValueError(f"n_expert_active must be 1..n_expert={self.n_expert}, "
                              f"not {self.n_expert_active}")
@@ -71,7 +87,7 @@ class KVCache:
     def update(self, layer, k, v):
         """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values so far."""
         B, nh, T, hs = k.shape
-        assert self.pos + T <= self.max_len, "KV cache overflow: the caller must slide the window"
+        assert self.pos + T <= self.max_len, "KV cache overflow: the caller must restart the window"
         if self.buffers[layer] is None:
             self.buffers[layer] = k.new_empty(2, B, nh, self.max_len, hs)
         buf = self.buffers[layer]
@@ -291,10 +307,16 @@ def filter_logits(logits, top_k=None, top_p=None):
     return logits
 
 
+GREEDY_BELOW = 1e-4  # temperatures under this pick the likeliest token (see sample_logits)
+
+
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, V): greedy at temperature 0, else sample (from torch's
-    global random numbers, or the given torch.Generator's)."""
-    if temperature == 0:
+    global random numbers, or the given torch.Generator's). Temperatures below GREEDY_BELOW count as
+    0: dividing by them could overflow float32 logits to inf (and the probabilities to NaN), and the
+    draw is all but greedy there anyway, since a token trailing the best by even 0.01 in logit is
+    exp(-100) times as likely."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)  # (B,)
     ids = None
     if top_k is not None and top_k < logits.size(-1):
@@ -413,27 +435,43 @@ class GPT(nn.Module):
                         eos_token=None):
         """Yield the next token of every row, (B,), one step at a time, using the KV cache. Call
         model.eval() first (engine.ready_for_decoding does). A row that has produced eos_token keeps
-        yielding it; the stream ends once every row has. Random draws use torch's global RNG."""
-        block = self.config.block_size
+        yielding it; the stream ends once every row has. Random draws use torch's global RNG.
+
+        The context window. Each token is predicted from the tokens since the window's start: at
+        first the prompt's last block_size tokens. When the window is full and another token is
+        wanted, it restarts at the sequence's last block_size // 2 tokens, which are run through the
+        model afresh (one prefill into the emptied cache), and grows again one token at a time. So
+        every prediction sees at least half a block of context, and within the first block_size
+        tokens it sees them all: there this is exactly the full-context decode. A long generation
+        costs one prefill of block_size // 2 tokens per about block_size // 2 new ones. (Sliding the
+        window by one token would cost a prefill of the whole window for every token: each cached
+        key was computed with the dropped tokens in its context, and at its old position.)
+        engine.Engine restarts the windows of the rows it batches the same way."""
+        block, keep = self.config.block_size, self.window_restart()
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
-        cache = None
-        for _ in range(max_new_tokens):
-            if cache is None or cache.pos == block:
-                # first step, or the cache is full: slide the window and prefill the last block tokens
-                # afresh (every cached key was computed with the dropped tokens in its context)
-                cache = KVCache(self.config.n_layer, block)
-                x = self.hidden_states(idx[:, -block:], cache)[:, -1]  # (B, C)
-            else:
+        cache = KVCache(self.config.n_layer, block)
+        idx = idx[:, -block:]  # (B, T): the most recent tokens, all that a window can hold
+        for step in range(max_new_tokens):
+            if step == 0:  # the first window: the prompt
+                x = self.hidden_states(idx, cache)[:, -1]  # (B, C)
+            elif cache.pos == block:  # full: restart the window, reusing the cache's buffers
+                cache.pos = 0
+                x = self.hidden_states(idx[:, -keep:], cache)[:, -1]  # (B, C)
+            else:  # one new token against the cached ones
                 x = self.hidden_states(idx[:, -1:], cache)[:, -1]  # (B, C)
             logits = self.lm_head(x)  # (B, V)
             next_token = sample_logits(logits, temperature, top_k, top_p)  # (B,)
             if eos_token is not None:
                 next_token = next_token.masked_fill(done, eos_token)
                 done |= next_token == eos_token
-            idx = torch.cat([idx, next_token[:, None]], dim=1)  # (B, T + 1)
+            idx = torch.cat([idx, next_token[:, None]], dim=1)[:, -block:]  # (B, <= block)
             yield next_token
             if eos_token is not None and done.all():
                 return
+
+    def window_restart(self):
+        """How many of the latest tokens a full context window restarts from (see generate_stream)."""
+        return max(1, self.config.block_size // 2)
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_token=None):
         """Continue idx (B, T) by up to max_new_tokens; return (B, T + new)."""

@@ -13,6 +13,7 @@ files appear under their final names only once complete (fileio.staged_outputs).
 from the train split alone, streamed to the trainer (its memory holds word counts, not the text).
 """
 import argparse
+import errno
 import itertools
 import json
 import os
@@ -30,7 +31,7 @@ import numpy as np
 import configurator
 from configurator import UserError
 from data import SPLITS, read_meta, token_dtype
-from fileio import staged_outputs
+from fileio import check_folder, disk_full_error, staged_outputs
 from sources import (DATASETS, DOC_SEPS, download, hub_conversations, hub_splits, input_files,
                      local_conversations, local_splits)
 from tokenizer import (CHAT_TEMPLATE, ROLES, BPETokenizer, check_chat_tokenizer, conversation_problem,
@@ -50,28 +51,52 @@ def _init_worker(tok_meta):
 
 
 def _encode_chunk(chunk):
-    """(split, texts) -> (split, ids with end-of-text between documents, number of documents)."""
-    split, texts = chunk
+    """(split, [(text, starts a document), ...]) -> (split, ids with end-of-text before each document
+    but the first, documents begun, whether the first piece begins one, characters)."""
+    split, pieces = chunk
     flat = []
-    for i, ids in enumerate(_tokenizer.encode_batch(texts)):
-        if i:
+    for i, ids in enumerate(_tokenizer.encode_batch([text for text, _ in pieces])):
+        if i and pieces[i][1]:
             flat.append(_tokenizer.eot_token)
         flat.extend(ids)
-    return split, np.array(flat, dtype=token_dtype(_tokenizer.vocab_size)), len(texts)
+    ids = np.array(flat, dtype=token_dtype(_tokenizer.vocab_size))
+    return split, ids, sum(starts for _, starts in pieces), pieces[0][1], sum(len(t) for t, _ in pieces)
 
 
-def _chunks(pairs):
-    """Group consecutive documents of one split into tasks of about CHUNK_CHARS characters."""
-    split, texts, size = None, [], 0
-    for doc_split, text in pairs:
-        if texts and (doc_split != split or size >= CHUNK_CHARS):
-            yield split, texts
-            texts, size = [], 0
-        split = doc_split
-        texts.append(text)
+def _pieces(segments, tok):
+    """(split, text, more) segments -> (split, piece, starts a document) pieces of at most about
+    CHUNK_CHARS characters: a long document is tokenized in pieces, so that no worker holds the ids
+    of a whole one in a Python list. Pieces are cut only where tok.safe_cut says the ids stay those
+    of the whole text (text with no such place, rare, stays in one piece)."""
+    carry, starts = "", True  # carry: the document's text after its last safe cut so far
+    for split, text, more in segments:
+        text, carry, pos = carry + text, "", 0
+        while more or len(text) - pos > CHUNK_CHARS:
+            cut = tok.safe_cut(text, pos, min(len(text), pos + CHUNK_CHARS))
+            if cut == pos:
+                break
+            yield split, text[pos:cut], starts
+            pos, starts = cut, False
+        if more:
+            carry = text[pos:]
+        else:
+            if pos < len(text) or starts:  # the document's last piece (an empty document is one too)
+                yield split, text[pos:], starts
+            starts = True
+
+
+def _chunks(pieces):
+    """Group consecutive pieces of one split into tasks of about CHUNK_CHARS characters."""
+    split, group, size = None, [], 0
+    for piece_split, text, starts in pieces:
+        if group and (piece_split != split or size >= CHUNK_CHARS):
+            yield split, group
+            group, size = [], 0
+        split = piece_split
+        group.append((text, starts))
         size += len(text)
-    if texts:
-        yield split, texts
+    if group:
+        yield split, group
 
 
 def _encode_stream(chunks, tok_meta, num_proc):
@@ -107,29 +132,43 @@ def _encode_stream(chunks, tok_meta, num_proc):
             yield pending.popleft().get()
 
 
-def _stream_to_files(pairs, tok, tok_meta, files, num_proc, total):
-    """Append each split's tokens to its open file as they arrive; returns tokens written per split."""
+def _stream_to_files(segments, tok, tok_meta, files, num_proc, progress):
+    """Append each split's tokens to its open file as they arrive; returns tokens written per split.
+    progress: {"chars": the input's size or None}; "done" (characters tokenized) and "bytes" (their
+    tokens' size) are kept up to date in it, for the disk-full message."""
     eot = np.array([tok.eot_token or 0], dtype=token_dtype(tok.vocab_size)).tobytes()
     tokens, docs, start = dict.fromkeys(files, 0), dict.fromkeys(files, 0), time.time()
     from tqdm import tqdm
-    pairs = iter(pairs)
-    first = next(pairs, None)  # open the source (a hub download may fail) before drawing a bar
-    pairs = itertools.chain([first] if first else [], pairs)
-    with tqdm(total=total, unit="doc", unit_scale=True, desc="tokenizing", mininterval=0.5) as bar:
-        for split, ids, n in _encode_stream(_chunks(pairs), tok_meta, num_proc):
-            if docs[split]:  # this chunk continues a split: separate it from the previous document
+    segments = iter(segments)
+    first = next(segments, None)  # open the source (a hub download may fail) before drawing a bar
+    segments = itertools.chain([first] if first else [], segments)
+    chunks = _chunks(_pieces(segments, tok))
+    with tqdm(total=progress["chars"], unit="char", unit_scale=True, desc="tokenizing",
+              mininterval=0.5) as bar:
+        for split, ids, n_docs, starts, n_chars in _encode_stream(chunks, tok_meta, num_proc):
+            if docs[split] and starts:  # a new document after earlier ones: separate them
                 if tok.eot_token is None:  # only a reused character vocabulary can lack one
                     raise UserError("this vocabulary has no end-of-text token to separate documents "
                                     "with; give one document (--doc_sep=none) or another --tokenizer")
-                files[split].write(eot)
-                tokens[split] += 1
+                ids = np.concatenate([np.frombuffer(eot, dtype=ids.dtype), ids])
+            progress["bytes"] += ids.nbytes  # counted before the write, which may find the disk full
+            progress["done"] += n_chars
             files[split].write(ids.tobytes())
             tokens[split] += len(ids)
-            docs[split] += n
-            bar.update(n)
+            docs[split] += n_docs
+            bar.update(n_chars)
             rate = sum(tokens.values()) / max(time.time() - start, 1e-9)
-            bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+            bar.set_postfix_str(f"{rate:,.0f} tok/s, {sum(docs.values()):,} docs", refresh=False)
     return tokens
+
+
+def disk_full(data_dir, progress):
+    """The one-line error for a disk that filled up mid-write: how much space the dataset needs,
+    estimated from the share of the input written (at least what was written, for a hub stream)."""
+    kept = (data_dir / "meta.json").exists()  # a dataset prepared before, being replaced (--force)
+    if progress["chars"] and progress["done"]:
+        return disk_full_error(data_dir, progress["bytes"] * progress["chars"] / progress["done"], kept=kept)
+    return disk_full_error(data_dir, progress["bytes"], at_least=True, kept=kept)
 
 
 def check_outputs(data_dir, force=False):
@@ -170,15 +209,22 @@ def remove_stale_vocab(data_dir, meta):
         (Path(data_dir) / "tokenizer.json").unlink(missing_ok=True)
 
 
-def write_dataset(pairs, tok_meta, data_dir, *, num_proc=1, total=None, name=None, source="",
+def write_dataset(segments, tok_meta, data_dir, *, num_proc=1, chars=None, name=None, source="",
                   command=""):
-    """Tokenize (split, text) pairs into data_dir/train.bin, val.bin and meta.json; returns the meta."""
+    """Tokenize (split, text, more) segments into data_dir/train.bin, val.bin and meta.json; returns
+    the meta. chars: the input's size in characters, if known (for progress and the disk-full error)."""
     tok = load_tokenizer(tok_meta)  # a missing BPE file fails here, before anything is written
-    data_dir = Path(data_dir)
+    data_dir, progress = Path(data_dir), {"chars": chars, "done": 0, "bytes": 0}
     meta = dataset_meta(tok, name or data_dir.name, source, command)
     with staged_outputs(data_dir, [f"{s}.bin" for s in SPLITS] + meta_files(meta)) as tmp:
-        with open(tmp["train.bin"], "wb") as train, open(tmp["val.bin"], "wb") as val:
-            tokens = _stream_to_files(pairs, tok, tok_meta, {"train": train, "val": val}, num_proc, total)
+        try:
+            with open(tmp["train.bin"], "wb") as train, open(tmp["val.bin"], "wb") as val:
+                files = {"train": train, "val": val}
+                tokens = _stream_to_files(segments, tok, tok_meta, files, num_proc, progress)
+        except OSError as e:  # on a write, or on the flush as the files close
+            if e.errno == errno.ENOSPC:
+                raise disk_full(data_dir, progress) from None
+            raise
         empty = [s for s in SPLITS if tokens[s] == 0]
         if empty:
             raise UserError(f"the {empty[0]} split came out empty ({tokens}); give more text or "
@@ -197,14 +243,14 @@ def tokenizer_meta(tokenizer, make_pairs, vocab_size=None, sample=None, n_train=
     if tokenizer == "gpt2":
         return {"tokenizer": "gpt2"}
     if tokenizer == "bpe":
-        return learn_bpe((text for split, text in make_pairs() if split == "train"), vocab_size, sample,
+        return learn_bpe((text for split, text, _ in make_pairs() if split == "train"), vocab_size, sample,
                          n_train)
     if tokenizer != "char":
         return reused_tokenizer(tokenizer)
     chars, docs = set(), dict.fromkeys(SPLITS, 0)
-    for split, text in make_pairs():
+    for split, text, more in make_pairs():
         chars.update(text)
-        docs[split] += 1
+        docs[split] += not more
     chars = sorted(chars)
     return {"tokenizer": "char", "chars": chars, "eot_token": len(chars) if max(docs.values()) > 1 else None}
 
@@ -277,13 +323,12 @@ def prepare_files(paths, data_dir, tokenizer="gpt2", *, val_fraction=0.1, doc_se
     check_outputs(data_dir, force)
     if tokenizer == "gpt2":
         load_tokenizer({"tokenizer": "gpt2"})  # offline without BPE files: say so before reading
-    make_pairs, n_docs = local_splits(paths, val_fraction, doc_sep, text_field, errors)
+    make_pairs, n_docs, n_chars = local_splits(paths, val_fraction, doc_sep, text_field, errors)
     n_train = n_docs - max(1, round(n_docs * val_fraction)) if n_docs > 1 else 1
     tok_meta = tokenizer_meta(tokenizer, make_pairs, vocab_size, tokenizer_sample, n_train)
     source = source or os.path.commonpath([p.resolve() for p in paths])  # the file, or their folder
     return write_dataset(make_pairs(), tok_meta, data_dir, num_proc=num_proc or cpu_count(),
-                         total=max(n_docs, 2),  # one document comes as two halves
-                         name=name, source=source, command=command)
+                         chars=n_chars, name=name, source=source, command=command)
 
 
 def prepare_hub(spec, data_dir, tokenizer="gpt2", *, val_fraction=0.0005, text_field="text",
@@ -360,7 +405,7 @@ def prepare_chat(data_dir, *, paths=None, hub=None, tokenizer="gpt2", val_fracti
     else:
         def make_pairs():  # each message as the template writes it: what a BPE learns from
             for split, messages in assign_splits(conversations(), usable[None], val_fraction):
-                yield from ((split, f"{ROLES[m['role']]} {m['content'].strip()}") for m in messages)
+                yield from ((split, f"{ROLES[m['role']]} {m['content'].strip()}", False) for m in messages)
 
         tok_meta = tokenizer_meta(tokenizer, make_pairs, vocab_size, tokenizer_sample)
     tok = load_tokenizer(tok_meta)
@@ -472,6 +517,7 @@ def main(argv=None):
         raise UserError(f"--val_fraction must be between 0 and 1, got {val_fraction}")
     name = args.name or args.dataset or Path(args.input).resolve().stem
     data_dir = Path(args.out_dir) / name
+    check_folder(data_dir, "--out_dir" if args.name is None else "--out_dir or --name")
     tokenizer = args.tokenizer or spec.get("tokenizer", "gpt2")
     if (args.vocab_size or args.tokenizer_sample) and tokenizer != "bpe":
         option = "--vocab_size" if args.vocab_size else "--tokenizer_sample"

@@ -28,7 +28,7 @@ DEFAULTS = dict(
     start="\n",  # the prompt: text, or FILE:path to read it from a file; '' starts a new document
     num_samples=1,  # more than one: generated together as a batch
     max_new_tokens=SAMPLING["max_new_tokens"],
-    temperature=SAMPLING["temperature"],  # 0: always the likeliest token; below 1 safer, above 1 wilder
+    temperature=SAMPLING["temperature"],  # 0 (or below 1e-4): always the likeliest token; <1 safer, >1 wilder
     top_k=SAMPLING["top_k"],  # sample only among the k most likely tokens; 0 = no limit
     top_p=SAMPLING["top_p"],  # nucleus: the likeliest tokens holding this much probability; 1.0 = all
     stop_at_eot=True,  # end a sample at the end-of-text token, as a document ends

@@ -1,10 +1,11 @@
 """Where text comes from: the named datasets, local files and the Hugging Face hub.
 
-Everything here streams: documents (and conversations) are yielded one at a time, so prepare.py's
-memory does not grow with the corpus. prepare.py tokenizes what these functions yield.
+Everything here streams: documents (and conversations) are yielded one at a time, and a long
+document in segments, so prepare.py's memory grows neither with the corpus nor with its largest
+document. prepare.py tokenizes what these functions yield.
 
-    local_splits(paths, ...)      (split, text) pairs from .txt / .jsonl / .parquet files
-    hub_splits(spec, ...)         (split, text) pairs streamed from a Hugging Face dataset
+    local_splits(paths, ...)      (split, text, more) segments of .txt / .jsonl / .parquet documents
+    hub_splits(spec, ...)         (split, text, more) segments streamed from a Hugging Face dataset
     local_conversations(paths)    conversations ({"messages": [...]}) from .jsonl files
     hub_conversations(spec)       conversations from a Hugging Face chat dataset
 """
@@ -21,7 +22,7 @@ from tokenizer import EOT_TEXT
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 DOC_SEPS = ("blank", "eot", "none")  # .txt documents: blank-line blocks, <|endoftext|>, whole file
-READ_CHARS = 1 << 20  # how much of a .txt file is read at a time when splitting on <|endoftext|>
+READ_CHARS = 1 << 20  # how much of a .txt file is read at a time, and a long document's segment size
 MESSAGE_FIELDS = ("messages", "conversation")  # UltraChat / OpenAI style; LMSYS-Chat-1M
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -63,43 +64,100 @@ def input_files(path):
 
 
 def read_documents(path, doc_sep="blank", text_field="text", errors="strict"):
-    """Yield one file's non-empty documents as strings, streaming (one document in memory at a time)."""
+    """Yield one file's non-empty documents as (text, more) segments, streaming: a document comes in
+    segments of about READ_CHARS characters, the last with more=False, so that even a document of
+    many megabytes (a .txt file on one line) is never held whole. (A .jsonl line or a parquet cell
+    is read whole: those formats hold each text in one piece.)"""
     suffix = Path(path).suffix.lower()
     try:
         if suffix == ".jsonl":
-            yield from _jsonl_documents(path, text_field, errors)
+            yield from ((text, False) for text in _jsonl_documents(path, text_field, errors))
         elif suffix == ".parquet":
-            yield from _parquet_documents(path, text_field)
+            yield from ((text, False) for text in _parquet_documents(path, text_field))
         else:
-            yield from _txt_documents(path, doc_sep, errors)
+            with open(path, encoding="utf-8", errors=errors) as f:
+                yield from {"blank": _blank_separated, "eot": _eot_separated, "none": _whole}[doc_sep](f)
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text (first bad byte at offset {_first_bad_byte(path)}); "
                         "convert it, or pass --errors=replace to substitute U+FFFD") from None
 
 
-def _txt_documents(path, doc_sep, errors):
-    with open(path, encoding="utf-8", errors=errors) as f:
-        if doc_sep == "none":
-            text = f.read()
-            if text.strip():
-                yield text  # kept whole, as read: the classic character split depends on it
-        elif doc_sep == "eot":
-            rest = ""
-            while block := f.read(READ_CHARS):
-                *docs, rest = (rest + block).split(EOT_TEXT)
-                yield from (d.strip() for d in docs if d.strip())
-            if rest.strip():
-                yield rest.strip()
-        else:  # a document is a run of non-blank lines, without its final newline
-            lines = []
-            for line in f:
-                if line.strip():
-                    lines.append(line)
-                elif lines:
-                    yield "".join(lines).removesuffix("\n")
-                    lines = []
-            if lines:
-                yield "".join(lines).removesuffix("\n")
+class _Document:
+    """The text of the document being read that is not yet handed on. add() and end() return the
+    segments to yield: (text, True) whenever READ_CHARS characters have gathered, and (rest, False)
+    at the document's end. Empty text opens no document."""
+
+    def __init__(self):
+        self.parts, self.size, self.open = [], 0, False
+
+    def add(self, text):
+        if not text:
+            return []
+        self.parts.append(text)
+        self.size, self.open = self.size + len(text), True
+        return [(self._take(), True)] if self.size >= READ_CHARS else []
+
+    def end(self):
+        segments = [(self._take(), False)] if self.open else []
+        self.open = False
+        return segments
+
+    def _take(self):
+        text, self.parts, self.size = "".join(self.parts), [], 0
+        return text
+
+
+def _blank_separated(f):
+    """Documents separated by blank lines: a run of non-blank lines, without its final newline. Lines
+    are read in parts of at most READ_CHARS characters, so that a huge line streams too."""
+    doc, newline, ws = _Document(), False, ""  # newline: the last line's, handed on if another follows
+    while part := f.readline(READ_CHARS):
+        ends = part.endswith("\n")
+        text = part[:-1] if ends else part
+        if ws is not None:  # the line is only whitespace so far: it may yet turn out blank
+            ws += text
+            text, ws = (ws, None) if ws.strip() else ("", ws)
+        if ws is None:  # a line of the document
+            yield from doc.add("\n" if newline else "")
+            yield from doc.add(text)
+            newline = False
+        if ends:
+            if ws is None:
+                newline = True
+            else:  # a blank line ends the document
+                yield from doc.end()
+                newline = False
+            ws = ""
+    yield from doc.end()
+
+
+def _eot_separated(f):
+    """Documents separated by <|endoftext|>, each stripped of the whitespace around it."""
+    doc, rest = _Document(), ""
+    while block := f.read(READ_CHARS):
+        *texts, rest = (rest + block).split(EOT_TEXT)
+        for text in texts:  # the end of a document
+            yield from doc.add(text.rstrip() if doc.open else text.strip())
+            yield from doc.end()
+        if len(rest) > READ_CHARS:  # a long document: hand on all but what may be a marker's start,
+            keep = len(EOT_TEXT) - 1  # or whitespace that ends the document
+            head = rest[:-keep].rstrip()
+            rest = rest[len(head):]
+            yield from doc.add(head if doc.open else head.lstrip())
+    yield from doc.add(rest.rstrip() if doc.open else rest.strip())
+    yield from doc.end()
+
+
+def _whole(f):
+    """The whole file as one document, kept as read (the classic character split depends on it),
+    unless it is only whitespace."""
+    doc, ws = _Document(), ""
+    while block := f.read(READ_CHARS):
+        if ws is not None:  # only whitespace so far: nothing to hand on yet
+            ws += block
+            block, ws = (ws, None) if ws.strip() else ("", ws)
+        yield from doc.add(block)
+    yield from doc.end()
 
 
 def _jsonl_documents(path, text_field, errors):
@@ -111,17 +169,29 @@ def _jsonl_documents(path, text_field, errors):
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno} is not valid JSON ({e.msg})") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
+            if not isinstance(record, dict) or text_field not in record:
                 fields = list(record) if isinstance(record, dict) else []
                 raise UserError(f"{path}:{lineno} has no text field {text_field!r} (fields: {fields}); "
                                 "choose one with --text_field=NAME")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise UserError(f"{path}:{lineno}: field {text_field!r} holds {_json_kind(text)}, not a "
+                                "string; fix that line, or choose another field with --text_field=NAME")
             if text.strip():
                 yield text
 
 
+def _json_kind(value):
+    """What a JSON value is, in JSON's words: 'a number', 'null', ..."""
+    if value is None:
+        return "null"
+    kinds = ((bool, "true/false"), ((int, float), "a number"), (list, "a list"), (dict, "an object"))
+    return next(kind for types, kind in kinds if isinstance(value, types))
+
+
 def _parquet_documents(path, text_field):
-    import pyarrow.parquet as pq  # comes with `datasets`
+    import pyarrow as pa  # comes with `datasets`
+    import pyarrow.parquet as pq
     try:
         table = pq.ParquetFile(path)
     except Exception as e:  # pyarrow's ArrowInvalid for a file that is not parquet
@@ -129,6 +199,10 @@ def _parquet_documents(path, text_field):
     if text_field not in table.schema_arrow.names:
         raise UserError(f"{path} has no column {text_field!r} (columns: {table.schema_arrow.names}); "
                         "choose one with --text_field=NAME")
+    kind = table.schema_arrow.field(text_field).type
+    if kind not in (pa.string(), pa.large_string()):
+        raise UserError(f"{path}: column {text_field!r} holds {kind}, not text; choose another with "
+                        "--text_field=NAME")
     for batch in table.iter_batches(batch_size=1024, columns=[text_field]):
         yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
 
@@ -152,41 +226,49 @@ def _first_bad_byte(path):
 # ----------------------------------------------------------------------------- splitting
 
 def local_splits(paths, val_fraction, doc_sep="blank", text_field="text", errors="strict"):
-    """(split, text) pairs for local files: the last val_fraction of the documents go to val; a single
-    document is split by characters instead (first 1 - val_fraction train), as the classic recipe does.
-    Returns (make_pairs, n_docs): a first pass counts documents and checks the encoding up front."""
-    def documents():
+    """(split, text, more) segments of local files' documents (more: the document goes on in the
+    next segment): the last val_fraction of the documents go to val; a single document is split by
+    characters instead (first 1 - val_fraction train), as the classic recipe does. Returns
+    (make_segments, n_docs, n_chars): a first pass counts and checks the encoding up front."""
+    def segments():
         for path in paths:
             yield from read_documents(path, doc_sep, text_field, errors)
 
-    n_docs = sum(1 for _ in documents())
+    n_docs = n_chars = 0
+    for text, more in segments():
+        n_docs, n_chars = n_docs + (not more), n_chars + len(text)
     if n_docs == 0:
         raise UserError(f"no text found in {', '.join(map(str, paths))}: the input is empty")
 
-    def pairs():
-        if n_docs == 1:
-            (text,) = documents()
-            cut = int(len(text) * (1 - val_fraction))
-            yield "train", text[:cut]
-            yield "val", text[cut:]
+    def split_segments():
+        if n_docs == 1:  # train ends, and val begins, at the character `cut`
+            split, cut, seen = "train", int(n_chars * (1 - val_fraction)), 0
+            for text, more in segments():
+                if split == "train" and seen + len(text) >= cut:
+                    yield "train", text[:cut - seen], False
+                    split, text = "val", text[cut - seen:]
+                seen += len(text)
+                yield split, text, more
             return
-        n_val = max(1, round(n_docs * val_fraction))
-        for i, text in enumerate(documents()):
-            yield ("train" if i < n_docs - n_val else "val"), text
+        n_val, i = max(1, round(n_docs * val_fraction)), 0
+        for text, more in segments():
+            yield ("train" if i < n_docs - n_val else "val"), text, more
+            i += not more
 
-    return pairs, n_docs
+    return split_segments, n_docs, n_chars
 
 
 def hub_splits(spec, val_fraction, text_field="text", seed=2357):
-    """(split, text) pairs from the Hugging Face hub: the set's own splits, or val carved off at random
-    (seeded, one coin per document, so it works on a stream of unknown length)."""
+    """(split, text, False) segments, one per document, from the Hugging Face hub: the set's own
+    splits, or val carved off at random (seeded, one coin per document, so it works on a stream of
+    unknown length)."""
     if "splits" in spec:
         for ours, theirs in zip(SPLITS, spec["splits"]):
-            yield from ((ours, text) for text in _hub_texts(spec["load"], theirs, text_field))
+            yield from ((ours, text, False) for text in _hub_texts(spec["load"], theirs, text_field))
         return
     rng = random.Random(seed)
     for text in _hub_texts(spec["load"], "train", text_field):
-        yield ("val" if rng.random() < val_fraction else "train"), text
+        yield ("val" if rng.random() < val_fraction else "train"), text, False
 
 
 def _hub_texts(load_args, split, text_field):

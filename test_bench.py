@@ -1,11 +1,13 @@
 """Tests of bench.py: `python bench.py --quick` runs every section at tiny sizes and writes them all."""
+import importlib.util
 import json
 
 import torch
 
-from conftest import SHARED, assert_one_line_error, run_script
+from conftest import GPT2_FILES, SHARED, assert_one_line_error, may_use_gpt2_files, run_script
 
 
+@may_use_gpt2_files  # its prepare section tokenizes with GPT-2's BPE, and skips without the files
 def test_bench_quick_runs_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     sections = "cpu,train,sample,prepare,serve,tokenizer,payoff"  # payoff is not a default section
@@ -18,10 +20,14 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
     assert train["command"] == "train.py --batch_size=4" and train["ms_per_iter"] > 0, train
     assert train["tokens_per_iter"] == 4 * 32, "--quick's block of 32 and the flag's batch of 4 reach train.py"
     assert 0 < train["mfu"] < 1 and train["peak_memory_mb"] > 0 and train["timed_iters"] == 3, train
-    for run in ("cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8"):
+    runs = ["cache_batch1", "no_cache_batch1", "cache_batch8", "no_cache_batch8", "cache_batch1_past_block"]
+    for run in runs + ["hf_generate_batch1"] * (importlib.util.find_spec("transformers") is not None):
         assert data["sample"][run]["tokens_per_s"] > 0, data["sample"]
+    assert data["sample"]["ratios"]["past_block_over_within"] > 0, data["sample"]
     assert data["sample"]["memory_bound_tokens_per_s"] > 0 and data["cpu"]["matmul_gflops"] > 0
-    if SHARED.is_dir():
+    if "skipped" in data["prepare"]:  # only for want of the sample corpora or GPT-2's BPE files
+        assert not ((SHARED / "data").is_dir() and GPT2_FILES), data["prepare"]
+    else:
         for key in ("prepare_py", "datasets_map"):
             p = data["prepare"][key]
             assert p["tokens"] > 0 and p["tokens_per_s"] > 0 and p["peak_rss_mb"] > 0, data["prepare"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model as M
-from conftest import VARIANTS, greedy_without_cache, needs_cuda, tiny_model, tiny_variant
+from conftest import VARIANTS, greedy_without_cache, needs_cuda, tiny_model, tiny_variant, window_starts
 from model import GPT, GPTConfig, KVCache
 from optim import configure_optimizers
 
@@ -132,7 +132,7 @@ def test_qk_norm_gains_are_learned_per_head_channel_and_scale_the_rows():
 
 
 def test_rmsnorm_scales_each_vector_to_unit_root_mean_square():
-    norm = M.make_norm(GPTConfig(n_embd=32, norm="rmsnorm"))
+    norm = M.make_norm(GPTConfig(n_embd=32, n_head=2, norm="rmsnorm"))
     x = torch.randn(4, 5, 32) * 3 + 1
     rms = norm(x).pow(2).mean(dim=-1).sqrt()
     assert max_diff(rms, torch.ones_like(rms)) < 1e-3 and not hasattr(norm, "bias")
@@ -140,12 +140,12 @@ def test_rmsnorm_scales_each_vector_to_unit_root_mean_square():
 
 @pytest.mark.parametrize("n_embd,hidden", [(384, 1024), (512, 1408), (768, 2048), (32, 128)])
 def test_swiglu_hidden_width_is_8_thirds_rounded_up_to_64(n_embd, hidden):
-    mlp = M.SwiGLU(GPTConfig(n_embd=n_embd))
+    mlp = M.SwiGLU(GPTConfig(n_embd=n_embd, n_head=1))
     assert mlp.c_proj.in_features == hidden and mlp.c_fc.out_features == 2 * hidden, mlp
 
 
 def test_swiglu_computes_silu_gate_times_up_projection():
-    mlp = M.SwiGLU(GPTConfig(n_embd=32, bias=False))
+    mlp = M.SwiGLU(GPTConfig(n_embd=32, n_head=2, bias=False))
     x = torch.randn(2, 3, 32)
     gate_w, up_w = mlp.c_fc.weight.chunk(2, dim=0)
     expected = (torch.nn.functional.silu(x @ gate_w.T) * (x @ up_w.T)) @ mlp.c_proj.weight.T
@@ -177,7 +177,7 @@ def record_expert_inputs(moe):
 
 @pytest.mark.parametrize("skewed", [False, True])
 def test_router_sends_every_token_to_exactly_k_experts_without_dropping_any(skewed):
-    moe = M.MoE(GPTConfig(n_embd=32, n_expert=4, n_expert_active=2))
+    moe = M.MoE(GPTConfig(n_embd=32, n_head=2, n_expert=4, n_expert_active=2))
     x = torch.randn(3, 50, 32)
     if skewed:  # every token prefers expert 0: a capacity limit would have to drop tokens here
         x += 3.0
@@ -199,7 +199,7 @@ def test_router_sends_every_token_to_exactly_k_experts_without_dropping_any(skew
 
 
 def test_moe_output_mixes_the_chosen_experts_with_renormalised_weights():
-    moe = M.MoE(GPTConfig(n_embd=32, n_expert=4, n_expert_active=2))
+    moe = M.MoE(GPTConfig(n_embd=32, n_head=2, n_expert=4, n_expert_active=2))
     x = torch.randn(1, 6, 32)
     tokens = x.view(6, 32)
     probs = moe.router(tokens).softmax(dim=-1)  # (6, E)
@@ -519,11 +519,28 @@ def test_kv_cache_decoding_matches_full_forward_at_every_step_beyond_block_size(
     prompt = torch.randint(0, 64, (2, 5))
     out = model.generate(prompt, max_new_tokens=40)  # 45 tokens: well past block_size 16
     assert out.shape == (2, 45) and len(seen) == 40
-    for step, cached in enumerate(seen):
-        context = out[:, : 5 + step][:, -16:]  # what a cache-free model sees: the last block
-        full, _ = model(context)
+    for step, (cached, start) in enumerate(zip(seen, window_starts(5, 40, 16))):
+        full, _ = model(out[:, start:5 + step])  # what the contract's window holds, without a cache
         err = (cached - full[:, -1]).abs().max().item()
         assert err < 1e-4, f"step {step}: cached logits differ from the full forward by {err}"
+
+
+def test_window_sees_everything_within_block_size_then_restarts_at_its_last_half(monkeypatch):
+    model = tiny_model()  # block_size 16
+    prompt = torch.randint(0, 64, (1, 3))
+    with torch.no_grad():  # within the block: the plain decode over the whole sequence, no window
+        plain = prompt
+        for _ in range(13):
+            plain = torch.cat([plain, model(plain)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    prefills = []  # the lengths of the runs through the model, one token for a cached step
+    real = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: prefills.append(idx.size(1))
+                        or real(idx, cache))
+    out = model.generate(prompt, 13 + 24, temperature=0)
+    assert torch.equal(out[:, :16], plain), "within block_size, cached decoding must be the full decode"
+    # the 3-token prompt, cached steps up to 16 tokens; then the last 8 afresh, and 8 cached steps
+    assert prefills == [3] + [1] * 13 + ([8] + [1] * 8) * 2 + [8] + [1] * 4, prefills
+    assert list(window_starts(3, 37, 16)) == [0] * 14 + [9] * 9 + [18] * 9 + [27] * 5
 
 
 def test_kv_cache_prefill_then_single_steps_equals_one_forward():
@@ -564,9 +581,17 @@ def test_greedy_generation_is_the_same_with_and_without_the_cache():
 def test_greedy_generation_past_block_size_is_the_same_with_and_without_the_cache(variant):
     model = tiny_variant(variant)
     prompt = torch.randint(0, 64, (2, 5))
-    cached = model.generate(prompt, 30, temperature=0)  # slides the window twice past block_size 16
+    cached = model.generate(prompt, 30, temperature=0)  # restarts the window 3 times past block_size 16
     slow = greedy_without_cache(model, prompt, 30)
     assert torch.equal(cached, slow), f"{variant}:\ncached {cached.tolist()}\nno cache {slow.tolist()}"
+
+
+@pytest.mark.parametrize("block_size,prompt_len", [(1, 1), (5, 7), (16, 16), (16, 40)])
+def test_any_block_size_and_prompt_length_decode_like_the_reference(block_size, prompt_len):
+    model = tiny_model(block_size=block_size)  # prompts longer than the block keep its last tokens
+    prompt = torch.randint(0, 64, (2, prompt_len))
+    cached = model.generate(prompt, 20, temperature=0)
+    assert torch.equal(cached, greedy_without_cache(model, prompt, 20)), cached.tolist()
 
 
 def test_fixed_seed_reproduces_samples_and_other_seeds_differ():

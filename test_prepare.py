@@ -2,8 +2,10 @@
 into token memmaps. First where the text comes from (sources.py), then how prepare.py tokenizes and
 writes it, conversations with their loss mask, and the command line's errors.
 """
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from conftest import (CONVERSATIONS, MALFORMED, REPO, SHARED, assert_one_line_er
 from configurator import UserError
 from data import SPLITS, read_meta
 from tokenizer import EOT_TEXT as EOT
-from tokenizer import load_tokenizer, train_bpe
+from tokenizer import CharTokenizer, load_tokenizer, train_bpe
 
 DOCS = [
     "Once upon a time there was a tiny model.\nIt learned to speak.",
@@ -56,21 +58,24 @@ def conversation_counts(meta):
 # sources.py: local files
 
 
-@needs_gpt2_files
-def test_jsonl_input_uses_the_text_field(tmp_path):
+def test_jsonl_input_uses_the_text_field_and_says_when_it_is_missing_or_not_a_string(tmp_path):
     src = tmp_path / "docs.jsonl"
     lines = [json.dumps({"id": i, "body": d}) for i, d in enumerate(DOCS)]
     src.write_text("\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n", encoding="utf-8")
-    result = run_script("prepare.py", f"--input={src}", f"--out_dir={tmp_path}", "--text_field=body", "--num_proc=1")
+    args = [f"--input={src}", f"--out_dir={tmp_path}", "--tokenizer=char", "--num_proc=1"]
+    result = run_script("prepare.py", *args, "--text_field=body")
     assert result.returncode == 0, result.stderr
     train, val = decoded(tmp_path / "docs")
     assert train + EOT + val == EOT.join(DOCS)
 
-    result = run_script("prepare.py", f"--input={src}", f"--out_dir={tmp_path}", "--name=other")
-    assert_one_line_error(result, "no text field 'text'", "--text_field")
+    with pytest.raises(UserError, match=r"docs.jsonl:1 has no text field 'text' \(fields: \['id', 'body'\]\)"):
+        prepare.main(args + ["--name=other"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 5}\n')
+    assert_one_line_error(run_script("prepare.py", f"--input={bad}", f"--out_dir={tmp_path}", "--tokenizer=char"),
+                          "bad.jsonl:2: field 'text' holds a number, not a string")
 
 
-@needs_gpt2_files
 def test_folder_reads_txt_jsonl_and_parquet_in_sorted_order(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -81,30 +86,31 @@ def test_folder_reads_txt_jsonl_and_parquet_in_sorted_order(tmp_path):
     pq.write_table(pa.table({"text": DOCS[3:], "n": [1, 2]}), folder / "sub" / "c.parquet")
     (folder / "notes.csv").write_text("ignored,because,not,text\n")
     (folder / ".hidden.txt").write_text("ignored, hidden\n")
-    meta = prepare.prepare_files(sources.input_files(folder), tmp_path / "out", num_proc=1)
+    meta = prepare.prepare_files(sources.input_files(folder), tmp_path / "out", "char", num_proc=1)
     train, val = decoded(tmp_path / "out")
     assert train + EOT + val == EOT.join(DOCS), (train, val)
     assert meta["source"] == str(folder.resolve()), meta["source"]
+    pq.write_table(pa.table({"text": [1, 2]}), folder / "sub" / "c.parquet")
+    with pytest.raises(UserError, match="c.parquet: column 'text' holds int64, not text"):
+        prepare.prepare_files(sources.input_files(folder), tmp_path / "ints", "char", num_proc=1)
 
 
-@needs_gpt2_files
 def test_eot_separated_txt_splits_on_the_marker(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "READ_CHARS", 16)  # the marker straddles read blocks
     src = tmp_path / "ts.txt"
     src.write_text(f"\n{EOT}\n".join(DOCS[:4]) + f"\n{EOT}\n", encoding="utf-8")
-    prepare.prepare_files([src], tmp_path / "ts", doc_sep="eot", val_fraction=0.25, num_proc=1)
+    prepare.prepare_files([src], tmp_path / "ts", "char", doc_sep="eot", val_fraction=0.25, num_proc=1)
     train, val = decoded(tmp_path / "ts")
     assert train + EOT + val == EOT.join(d.strip() for d in DOCS[:4]), (train, val)
 
 
-@needs_gpt2_files
 def test_bad_utf8_names_the_byte_offset_and_replace_works(tmp_path):
     src = tmp_path / "latin1.txt"
     src.write_bytes("plain ascii first\n\n".encode() + "caf\xe9".encode("latin-1") + b"\n")
-    assert_one_line_error(run_script("prepare.py", f"--input={src}", f"--out_dir={tmp_path}"),
-                          str(src), "offset 22", "--errors=replace")
+    args = [f"--input={src}", f"--out_dir={tmp_path}", "--tokenizer=char", "--num_proc=1"]
+    assert_one_line_error(run_script("prepare.py", *args), str(src), "offset 22", "--errors=replace")
     assert not (tmp_path / "latin1").exists()
-    result = run_script("prepare.py", f"--input={src}", f"--out_dir={tmp_path}", "--errors=replace", "--num_proc=1")
+    result = run_script("prepare.py", *args, "--errors=replace")
     assert result.returncode == 0, result.stderr
     assert decoded(tmp_path / "latin1")[1] == "caf\ufffd"
 
@@ -128,7 +134,6 @@ def test_shakespeare_has_the_classic_split(tmp_path, name, train, val):
 # sources.py: the Hugging Face hub and downloads
 
 
-@needs_gpt2_files
 def test_hub_pipeline_streams_through_datasets(tmp_path, monkeypatch):
     # The hub code path, fed by `datasets`' json builder so that it runs offline.
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
@@ -137,22 +142,21 @@ def test_hub_pipeline_streams_through_datasets(tmp_path, monkeypatch):
         files[split] = str(tmp_path / f"{split}.jsonl")
         Path(files[split]).write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     spec = dict(load=dict(path="json", data_files=files, streaming=True), splits=("train", "validation"))
-    meta = prepare.prepare_hub(spec, tmp_path / "own", num_proc=1)
+    meta = prepare.prepare_hub(spec, tmp_path / "own", "char", num_proc=1)
     train, val = decoded(tmp_path / "own")
     assert train + EOT + val == EOT.join(DOCS) and meta["source"] == "hf:json", meta
 
     spec = dict(load=dict(path="json", data_files={"train": files["train"]}, streaming=True))
-    prepare.prepare_hub(spec, tmp_path / "carved", val_fraction=0.5, num_proc=1)
+    prepare.prepare_hub(spec, tmp_path / "carved", "char", val_fraction=0.5, num_proc=1)
     train, val = decoded(tmp_path / "carved")
     # Seeded coin flips: the same documents go to val on every run, and every document lands somewhere.
     assert sorted((train + EOT + val).split(EOT)) == sorted(DOCS[:3]) and val, (train, val)
 
 
-@needs_gpt2_files
 def test_offline_hub_says_use_input_or_a_filled_cache(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
            "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}
-    result = run_script("prepare.py", "tinystories", f"--out_dir={tmp_path / 'out'}", env=env)
+    result = run_script("prepare.py", "tinystories", "--tokenizer=char", f"--out_dir={tmp_path / 'out'}", env=env)
     assert_one_line_error(result, "roneneldan/TinyStories", "--input=PATH", "HF_HUB_OFFLINE=1")
     assert not list((tmp_path / "out").rglob("*")), list((tmp_path / "out").rglob("*"))
 
@@ -175,24 +179,22 @@ def test_named_shakespeare_reuses_a_downloaded_input_txt(tmp_path):
 # prepare.py: tokenize and write
 
 
-@needs_gpt2_files
 def test_txt_round_trip_through_cli_with_worker_processes(tmp_path):
     src = write_txt(tmp_path / "stories.txt", DOCS)
     result = run_script("prepare.py", f"--input={src}", f"--out_dir={tmp_path / 'data'}", "--num_proc=2",
-                        "--val_fraction=0.4")
+                        "--val_fraction=0.4", "--tokenizer=char")
     assert result.returncode == 0, result.stderr
     train, val = decoded(tmp_path / "data" / "stories")
     assert train + EOT + val == EOT.join(DOCS), (train, val)
     assert val == EOT.join(DOCS[3:]), f"val should be the last 2 of 5 documents, got {val!r}"
 
 
-@needs_gpt2_files
 def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "CHUNK_CHARS", 300)  # many chunks, so ordering across workers matters
     docs = [f"document {i}: " + "word " * (i % 37) for i in range(400)]
     src = write_txt(tmp_path / "many.txt", docs)
     for n in (1, 2):
-        prepare.prepare_files([src], tmp_path / f"p{n}", num_proc=n)
+        prepare.prepare_files([src], tmp_path / f"p{n}", "char", num_proc=n)
     for split in SPLITS:
         one, two = [(tmp_path / f"p{n}" / f"{split}.bin").read_bytes() for n in (1, 2)]
         assert one == two, f"{split}: {len(one)} bytes with 1 process, {len(two)} with 2"
@@ -200,15 +202,15 @@ def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path, monkeypa
     assert train + EOT + val == EOT.join(docs)
 
 
-@needs_gpt2_files
 def test_meta_json_describes_the_bins(tmp_path):
     src = write_txt(tmp_path / "in.txt", DOCS)
-    prepare.prepare_files([src], tmp_path / "set", num_proc=1, name="set", command="python prepare.py x")
+    prepare.prepare_files([src], tmp_path / "set", "char", num_proc=1, name="set", command="python prepare.py x")
     meta = json.loads((tmp_path / "set" / "meta.json").read_text())
     assert set(meta) == {"name", "tokenizer", "vocab_size", "eot_token", "dtype", "train_tokens",
-                         "val_tokens", "source", "command"}, sorted(meta)
-    assert (meta["name"], meta["tokenizer"], meta["vocab_size"], meta["eot_token"], meta["dtype"]) == \
-        ("set", "gpt2", 50257, 50256, "uint16"), meta
+                         "val_tokens", "source", "command", "chars"}, sorted(meta)
+    chars = sorted(set("".join(DOCS)))
+    assert (meta["name"], meta["tokenizer"], meta["chars"], meta["vocab_size"], meta["eot_token"], meta["dtype"]) \
+        == ("set", "char", chars, len(chars) + 1, len(chars), "uint16"), meta
     assert meta["source"] == str(src.resolve()) and meta["command"] == "python prepare.py x", meta
     for split in SPLITS:
         size = (tmp_path / "set" / f"{split}.bin").stat().st_size
@@ -231,11 +233,10 @@ def test_char_tokenizer_round_trips_exactly(tmp_path):
     assert train + EOT + val == EOT.join(DOCS), (train, val)
 
 
-@needs_gpt2_files
 def test_interrupted_write_leaves_no_bin_and_keeps_the_old_dataset(tmp_path, monkeypatch):
     src = write_txt(tmp_path / "in.txt", DOCS)
     out = tmp_path / "set"
-    prepare.prepare_files([src], out, num_proc=1)
+    prepare.prepare_files([src], out, "char", val_fraction=0.4, num_proc=1)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls = []
 
@@ -254,20 +255,19 @@ def test_interrupted_write_leaves_no_bin_and_keeps_the_old_dataset(tmp_path, mon
 
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare_files([src], tmp_path / "fresh", num_proc=1)
+        prepare.prepare_files([src], tmp_path / "fresh", "char", num_proc=1)
     assert not (tmp_path / "fresh").exists(), list((tmp_path / "fresh").iterdir())
 
 
-@needs_gpt2_files
 def test_existing_outputs_need_force(tmp_path):
     src = write_txt(tmp_path / "in.txt", DOCS)
-    args = [f"--input={src}", f"--out_dir={tmp_path}", "--num_proc=1"]
+    args = [f"--input={src}", f"--out_dir={tmp_path}", "--num_proc=1", "--tokenizer=char"]
     assert run_script("prepare.py", *args).returncode == 0
-    assert_one_line_error(run_script("prepare.py", *args, "--tokenizer=char"), "already holds", "--force")
-    assert read_meta(tmp_path / "in")["tokenizer"] == "gpt2"
-    result = run_script("prepare.py", *args, "--tokenizer=char", "--force")
+    assert_one_line_error(run_script("prepare.py", *args, "--doc_sep=none"), "already holds", "--force")
+    assert read_meta(tmp_path / "in")["eot_token"] is not None  # several documents
+    result = run_script("prepare.py", *args, "--doc_sep=none", "--force")
     assert result.returncode == 0, result.stderr
-    assert read_meta(tmp_path / "in")["tokenizer"] == "char"
+    assert read_meta(tmp_path / "in")["eot_token"] is None  # the whole file, one document
 
 
 # -----------------------------------------------------------------------------
@@ -435,9 +435,8 @@ def test_hub_chat_set_keeps_its_own_splits_and_skips_bad_rows(tmp_path, monkeypa
 # prepare.py: the command line
 
 
-@pytest.mark.parametrize("case", ["missing", pytest.param("empty", marks=needs_gpt2_files),
-                                  pytest.param("blank", marks=needs_gpt2_files), "no_text_files",
-                                  "unknown_name", "no_args", "bad_flag", "bad_fraction"])
+@pytest.mark.parametrize("case", ["missing", "empty", "blank", "no_text_files", "unknown_name", "no_args",
+                                  "bad_flag", "bad_fraction", "out_dir_is_a_file"])
 def test_bad_input_gives_one_clear_line(tmp_path, case):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "blank.txt").write_text("\n   \n\n")
@@ -452,8 +451,11 @@ def test_bad_input_gives_one_clear_line(tmp_path, case):
         "no_args": ([], ["name a dataset", "--input=PATH"]),
         "bad_flag": (["shakespeare", "--num_procs=2"], ["unrecognized arguments: --num_procs=2"]),
         "bad_fraction": (["--input=x.txt", "--val_fraction=1.5"], ["between 0 and 1"]),
+        "out_dir_is_a_file": ([f"--input={tmp_path / 'empty.txt'}", f"--out_dir={tmp_path / 'blank.txt'}"],
+                              ["blank.txt is a file, not a folder", "--out_dir"]),
     }[case]
-    assert_one_line_error(run_script("prepare.py", *args, f"--out_dir={tmp_path / 'out'}"), *needles)
+    assert_one_line_error(run_script("prepare.py", "--tokenizer=char", f"--out_dir={tmp_path / 'out'}", *args),
+                          *needles)
     assert not (tmp_path / "out").exists()
 
 
@@ -476,21 +478,25 @@ configurator.run(prepare.main)
 """
 
 
-@needs_gpt2_files
-def test_ctrl_c_stops_workers_and_leaves_no_files(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_workers_and_leaves_no_files(tmp_path, how):
     src = write_txt(tmp_path / "in.txt", DOCS)
     started = tmp_path / "encoding_started"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, f"--input={src}", f"--out_dir={tmp_path}",
-                             "--num_proc=2"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                             "--num_proc=2", "--tokenizer=char"], cwd=REPO, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "ENCODING_STARTED": str(started)},
                             start_new_session=True)  # its own process group, like a terminal's job
     deadline = time.time() + 20
     while not started.exists() and time.time() < deadline:
         time.sleep(0.05)
     assert (tmp_path / "in" / "train.bin.tmp").exists(), "the run should be mid-write"
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the job gets SIGINT
+    if how == "ctrl_c":  # every process of the job gets SIGINT
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # `kill PID`, or a job scheduler's: the main process alone gets SIGTERM
+        proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=20)[1]
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    code, last = (130, "interrupted") if how == "ctrl_c" else (143, "terminated")
+    assert proc.returncode == code and err.strip().splitlines()[-1] == last, (proc.returncode, err)
     assert "Traceback" not in err, err
     assert not (tmp_path / "in").exists(), list((tmp_path / "in").iterdir())
     while time.time() < deadline:  # the workers go too (they ignore SIGINT; the pool ends them)
@@ -501,3 +507,80 @@ def test_ctrl_c_stops_workers_and_leaves_no_files(tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail("worker processes outlived the interrupted run")
+
+
+# -----------------------------------------------------------------------------
+# prepare.py: a full disk, and long documents
+
+
+def test_a_full_disk_mid_write_says_how_much_space_is_needed_and_leaves_what_was_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 2000)  # many writes
+    src = write_txt(tmp_path / "in.txt", [f"story {i}: " + "la " * (i % 50) for i in range(2000)])
+    prepare.prepare_files([src], tmp_path / "set", "char", num_proc=1)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "set").iterdir()}
+    size = len(before["train.bin"]) + len(before["val.bin"])
+    written = []
+
+    class FillsUp:  # a file on a disk that fills up after a third of the dataset
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def write(self, data):
+            written.append(len(data))
+            if sum(written) > size / 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(prepare, "open", FillsUp, raising=False)
+    for out, force, left in ((tmp_path / "fresh", False, "nothing half-written was left behind"),
+                             (tmp_path / "set", True, "the previous one is kept")):
+        written.clear()
+        with pytest.raises(UserError, match=f"the disk is full: could not write {out} .*; {left}") as e:
+            prepare.prepare_files([src], out, "char", num_proc=1, force=force)
+        needed = re.search(r"about ([\d.]+) kB are needed", str(e.value))
+        assert needed and abs(float(needed[1]) * 1e3 / size - 1) < 0.1, (str(e.value), size)
+    assert not (tmp_path / "fresh").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "set").iterdir()} == before
+
+
+class CutsBeforeSpaces(CharTokenizer):
+    """Characters, but cut only before a space, as GPT-2's tokenizer (mostly) is."""
+
+    def safe_cut(self, text, start, end):
+        return max(start, text.rfind(" ", start + 1, end))
+
+
+def test_long_documents_are_tokenized_in_bounded_pieces_cut_where_the_tokenizer_allows(monkeypatch):
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 10)
+    doc = "a tale of seven words, and no more"  # 34 characters: pieces of at most 10, cut before a space
+    nospace = "x" * 25  # no place to cut: one piece, however long
+    segments = [("train", doc[:7], True), ("train", doc[7:19], True), ("train", doc[19:], False),
+                ("train", "short", False), ("val", nospace, False)]
+    pieces = list(prepare._pieces(segments, CutsBeforeSpaces(sorted(set(doc + nospace)))))
+    assert pieces == [("train", "a tale", True), ("train", " of seven", False), ("train", " words,", False),
+                      ("train", " and no", False), ("train", " more", False), ("train", "short", True),
+                      ("val", nospace, True)], pieces
+
+
+def test_a_document_on_one_huge_line_streams_in_segments_and_keeps_its_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "READ_CHARS", 1000)
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 1000)
+    line = " ".join(f"word{i}" for i in range(20_000))  # ~150k characters, no newline
+    src = tmp_path / "line.txt"
+    src.write_text(f"{line}\n\n{line[:5000]}\n\n{line}\n", encoding="utf-8")
+    segments = list(sources.read_documents(src))
+    assert max(len(text) for text, _ in segments) < 2000 and [more for _, more in segments].count(False) == 3
+    seen = []
+    real_encode = prepare._encode_chunk
+    monkeypatch.setattr(prepare, "_encode_chunk", lambda chunk: seen.append(chunk) or real_encode(chunk))
+    meta = prepare.prepare_files([src], tmp_path / "set", "char", val_fraction=0.34, num_proc=1)
+    assert max(sum(len(text) for text, _ in pieces) for _, pieces in seen) <= 2000, "a piece grew unbounded"
+    train, val = decoded(tmp_path / "set")
+    assert (train, val) == (line + EOT + line[:5000], line), "pieces must decode to the documents"
+    assert meta["train_tokens"] == len(line) + 1 + 5000

@@ -16,8 +16,9 @@ import engine
 import hf
 import sample
 from checkpoint import GPT2_META, load_checkpoint, model_from_checkpoint
-from conftest import (CHAR_META, REPO, assert_one_line_error, greedy_ids, needs_gpt2_files,
+from conftest import (ASCII_META, CHAR_META, REPO, assert_one_line_error, greedy_ids, needs_gpt2_files,
                       needs_transformers, run_script, tiny_engine, write_checkpoint)
+from configurator import UserError
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
@@ -111,7 +112,7 @@ def test_same_seed_gives_identical_output_and_another_seed_differs(char_run, run
 
 def test_greedy_output_equals_no_cache_greedy_decode_past_the_context(char_run, run_sample):
     out_dir, model = char_run
-    # 40 new tokens after a 5-token prompt run well past block_size 16: the window slides
+    # 40 new tokens after a 5-token prompt run well past block_size 16: the window restarts
     result = run_sample(f"--out_dir={out_dir}", "--start=hello", "--max_new_tokens=40", "--temperature=0")
     assert_ok(result)
     expected = "hello" + greedy_text(model, load_tokenizer(CHAR_META), "hello", 40) + "\n"
@@ -150,15 +151,15 @@ def test_a_bpe_checkpoint_samples_with_its_own_tokenizer_after_its_dataset_is_de
     assert result.stdout == expected, (result.stdout, expected)
 
 
-@needs_gpt2_files
 def test_generation_stops_at_end_of_text(tmp_path, run_sample):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
+    eot = ASCII_META["eot_token"]
+    model = GPT(GPTConfig(block_size=32, vocab_size=ASCII_META["vocab_size"], n_layer=1, n_head=2, n_embd=16))
     with torch.no_grad():  # the final norm always outputs eot's (big) embedding
-        model.transformer.wte.weight[50256] = 1.0
+        model.transformer.wte.weight[eot] = 1.0
         model.transformer.ln_f.weight.zero_()
         model.transformer.ln_f.bias.fill_(1.0)
-    write_checkpoint(tmp_path, GPT2_META, model=model)
+    write_checkpoint(tmp_path, ASCII_META, model=model)
     args = [f"--out_dir={tmp_path}", "--start=Hi", "--max_new_tokens=3", "--temperature=0"]
     stopped, unstopped = run_sample(*args), run_sample(*args, "--stop_at_eot=False")
     assert_ok(stopped)
@@ -259,3 +260,29 @@ def test_bad_settings_are_one_line_errors(char_run):
     out_dir, _ = char_run
     assert_one_line_error(run_script("sample.py", f"--out_dir={out_dir}", "--top_p=0"), "top_p")
     assert_one_line_error(run_script("sample.py", "--init_from=gpt3"), "init_from='gpt3'", "gpt2-medium")
+
+
+def test_an_unknown_device_is_refused_before_the_model_loads(tmp_path, run_sample):
+    # no checkpoint at out_dir: the device error must come first
+    with pytest.raises(UserError, match=r"unknown device 'gpu': use auto, cpu, cuda, cuda:N \(the Nth GPU\) or mps"):
+        run_sample(f"--out_dir={tmp_path / 'nothing'}", "--device=gpu")
+
+
+def test_temperatures_too_small_to_divide_by_decode_greedily(char_run, run_sample):
+    out_dir, _ = char_run  # 1e-45 would overflow the logits to inf, and the probabilities to NaN
+    args = [f"--out_dir={out_dir}", "--start=to be", "--max_new_tokens=30", "--top_k=0"]
+    greedy = run_sample(*args, "--temperature=0").stdout
+    assert run_sample(*args, "--temperature=1e-45").stdout == greedy
+    assert run_sample(*args, "--temperature=5e-5").stdout == greedy
+
+
+def test_a_reader_that_stops_early_ends_sample_py_quietly(char_run):
+    out_dir, _ = char_run  # `python sample.py | head -c 10`: head exits after 10 bytes
+    proc = subprocess.Popen([sys.executable, "sample.py", f"--out_dir={out_dir}", "--max_new_tokens=100000"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    head = proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert len(head) == 10 and err == "" and proc.returncode == 141, (head, err, proc.returncode)

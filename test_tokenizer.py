@@ -3,12 +3,13 @@
 incremental decoding, and the chat template (the same in training data and in generation prompts).
 """
 import json
+import random
 
 import numpy as np
 import pytest
 
 from checkpoint import GPT2_META
-from conftest import (CONVERSATIONS, bpe_meta, bpe_text, needs_gpt2_files, needs_transformers, run_script,
+from conftest import (CONVERSATIONS, SHARED, bpe_meta, bpe_text, needs_gpt2_files, needs_transformers, run_script,
                       write_jsonl)
 from configurator import UserError
 from data import read_meta
@@ -31,6 +32,40 @@ def test_load_tokenizer_builds_gpt2_bpe_which_keeps_the_end_of_text_string_as_te
     ids = tok.encode("Hello world" + EOT_TEXT)
     assert (tok.vocab_size, tok.eot_token) == (50257, 50256) and tok.eot_token not in ids, ids
     assert tok.decode(ids + [tok.eot_token]) == "Hello world" + EOT_TEXT + EOT_TEXT
+
+
+# Text in many scripts, with contractions, numbers, runs of spaces, tabs and newlines, punctuation,
+# combining marks, emoji and unusual spaces: where GPT-2's pre-tokenizer could go wrong.
+MIXED = """It's 3.14, isn't it?  We'll see -- 1,000,000 times!!\n\n\tIndented\tline   with    gaps.
+Привет, мир! Это тест... «цитата» и т.д.  Ελληνικά: γειά σου, κόσμε; ναι.
+这是一个测试。你好，世界！数字１２３和abc混合。日本語のテキスト、カタカナとひらがな。
+مرحبا بالعالم، هذا اختبار. नमस्ते दुनिया, यह परीक्षण है। 🐍🐍 emoji 👍🏽 and ZWJ 👨‍👩‍👧 family
+non\u00a0breaking\u3000ideographic\u2009thin spaces; x=y+2*(z-1); {"key": [1, 2]} <tag/> 'quoted' "dq"
+I'M SHOUTING, YOU'RE NOT. she'd've gone. \r\n windows line\x0cform feed\x1cseparator   \n  \n end"""
+ATOMS = [" ", "  ", "\n", "\n\n", "\t", " \n", "a", "bc", "'s", "'ll", "'", "12", "3", ".", "!?", "--", "字",
+         "。", "、", "é", "ा", "्", "🐍", "\u00a0", "\u3000", "\x1c", "—", "Z"]
+
+
+@pytest.mark.parametrize("kind", [pytest.param("gpt2", marks=needs_gpt2_files), "bpe"])
+def test_safe_cuts_keep_the_ids_of_the_whole_text_whatever_follows(kind, tiny_bpe):
+    # GPT-2's BPE, and a byte-level BPE of one's own (which pre-tokenizes as GPT-2's does)
+    tok = load_tokenizer({"tokenizer": "gpt2"}) if kind == "gpt2" else tiny_bpe
+    rng = random.Random(0)
+    texts = [MIXED] + ["".join(rng.choice(ATOMS) for _ in range(60)) for _ in range(300)]
+    texts += [p.read_text(encoding="utf-8")[:200_000] for p in sorted((SHARED / "data").glob("*.txt"))]
+    for text in texts:
+        cuts, end = [], len(text)  # every safe cut, found from the end as prepare.py finds them
+        while (end := tok.safe_cut(text, 0, end)) > 0:
+            cuts.append(end)
+        pieces = [text[a:b] for a, b in zip([0] + cuts[::-1], cuts[::-1] + [len(text)])]
+        assert [i for piece in pieces for i in tok.encode(piece)] == tok.encode(text), text[:80]
+        if len(text) > 1000:
+            assert len(cuts) > len(text) / 20, f"too few cuts: {len(cuts)} in {len(text)} characters"
+            continue
+        for end in rng.sample(range(1, len(text) + 1), 10):  # a cut in the first `end` characters holds
+            whole = text[:end] + rng.choice(ATOMS) + rng.choice(texts[1:])  # whatever comes after them
+            cut = tok.safe_cut(whole, 0, end)
+            assert tok.encode(whole[:cut]) + tok.encode(whole[cut:]) == tok.encode(whole), (whole, cut)
 
 
 @needs_gpt2_files

@@ -2,10 +2,12 @@
 to train, the learning-rate schedule, evaluation, checkpoints and exact resume, the training loop,
 chat fine-tuning, and DDP under torchrun. Each run is a tiny model on a tiny dataset, in this process.
 """
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -29,9 +31,10 @@ from model import GPT, GPTConfig
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.py")), ids=lambda p: p.name)
-def test_every_config_file_sets_only_known_keys(path):
+def test_every_config_file_sets_only_known_keys_to_values_train_py_accepts(path):
     c = configure(train.DEFAULTS, [str(path)])
     assert c["gradient_accumulation_steps"] >= 1 and c["batch_size"] >= 1, c
+    train.check_settings(SimpleNamespace(**c))  # raises a UserError for a shape or value that cannot work
 
 
 # What the presets set before the recipe (commit 9490aa2), where the recipe changed it
@@ -85,6 +88,29 @@ def test_nonpositive_intervals_are_user_errors(data_dir, tmp_path):
         run_train(data_dir, tmp_path / "o", "--eval_interval=0")
 
 
+@pytest.mark.parametrize("flags,needle", [
+    (["--n_head=3", "--n_embd=16"], "n_embd=16 does not split into n_head=3 equal heads; use n_head=2 or n_embd=18"),
+    (["--n_head=0"], "n_head must be a whole number of at least 1, not 0"),
+    (["--n_embd=0"], "n_embd must be a whole number of at least 1, not 0"),
+    (["--dropout=1.5"], "dropout is the probability of zeroing an activation: from 0 to below 1, not 1.5"),
+    (["--learning_rate=-1"], "learning_rate must be at least 0.0, got -1.0"),
+    (["--beta2=1.0"], "beta2 is a moving average's decay: from 0 to below 1, got 1.0"),
+    (["--device=gpu"], "unknown device 'gpu': use auto, cpu, cuda, cuda:N (the Nth GPU) or mps"),
+    (["--out_dir=FILE"], "FILE is a file, not a folder; choose another --out_dir"),
+    # a resumed run keeps the checkpoint's shape but takes its dropout from the settings
+    (["--init_from=resume", "--dropout=1.5"], "dropout is the probability of zeroing an activation: from 0 "
+                                              "to below 1, not 1.5"),
+])
+def test_impossible_settings_are_refused_before_anything_loads(tmp_path, flags, needle):
+    (tmp_path / "file").write_text("not a folder")
+    flags = [f.replace("FILE", str(tmp_path / "file")) for f in flags]
+    # no dataset and no checkpoint: a settings error must come before either is looked for
+    argv = [*TINY, f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'out'}", *flags]
+    with pytest.raises(UserError) as e:
+        train.train(configure(train.DEFAULTS, argv))
+    assert str(e.value) == needle.replace("FILE", str(tmp_path / "file")), str(e.value)
+
+
 # -----------------------------------------------------------------------------
 # Data
 
@@ -128,6 +154,30 @@ def test_checkpoint_that_does_not_fit_the_data_is_a_user_error(data_dir, tmp_pat
     with pytest.raises(UserError, match="uses a 16-character vocabulary .* but the dataset 'wide' is "
                                         "tokenized with a 40-character vocabulary"):
         run_train(tmp_path / "wide", tmp_path / "out", "--init_from=resume")
+
+
+def test_checkpoints_that_cannot_be_resumed_or_fine_tuned_from_say_why_in_one_line(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "run", "--max_iters=10")
+    edits = {  # a checkpoint from a newer model.py, one whose weights do not fit, one saved without state
+        "unknown": lambda c: c["model_args"].update(n_wings=2),
+        "shapes": lambda c: c["model"].update({"transformer.wte.weight": torch.zeros(3, 32)}),
+        "no_optimizer": lambda c: c.pop("optimizer"),
+    }
+    for name, edit in edits.items():
+        ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+        edit(ckpt)
+        (tmp_path / name).mkdir()
+        torch.save(ckpt, tmp_path / name / "ckpt.pt")
+    for name, needle in (("unknown", "its model_args name options this version lacks: n_wings"),
+                         ("shapes", "its weights do not fit its model_args (Error(s) in loading")):
+        for init_from in ("resume", tmp_path / name):  # resume it, or fine-tune from its weights
+            with pytest.raises(UserError, match=re.escape(f"{tmp_path / name}/ckpt.pt does not match this "
+                                                          f"model.py: {needle}")):
+                run_train(data_dir, tmp_path / name, f"--init_from={init_from}", "--max_iters=12")
+    with pytest.raises(UserError, match=re.escape("ckpt.pt holds a model but not the training state an exact "
+                                                  "resume needs (no optimizer); fine-tune from its weights")):
+        run_train(data_dir, tmp_path / "no_optimizer", "--init_from=resume", "--max_iters=12")
+    run_train(data_dir, tmp_path / "tuned", f"--init_from={tmp_path / 'no_optimizer'}", "--max_iters=2")
 
 
 def make_gpt2_dataset(data_dir, n_tokens=5000, seed=0):
@@ -392,6 +442,22 @@ def test_nan_loss_stops_and_leaves_the_last_checkpoint_intact(data_dir, tmp_path
     msg = str(e.value)
     assert "diverged" in msg and "nan" in msg.lower() and f"{path} still holds iter 10" in msg, msg
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before, "the checkpoint was overwritten"
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_says_so(data_dir, tmp_path, monkeypatch):
+    run_train(data_dir, tmp_path, "--max_iters=10")
+    before = (tmp_path / "ckpt.pt").read_bytes()
+
+    def fills_the_disk(obj, f):
+        f.write(b"the first bytes of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(UserError) as e:
+        run_train(data_dir, tmp_path, "--init_from=resume", "--max_iters=20")
+    assert str(e.value) == (f"the disk is full: could not write {tmp_path / 'ckpt.pt'}; the previous one is "
+                            "kept; free some space and run again"), str(e.value)
+    assert (tmp_path / "ckpt.pt").read_bytes() == before and not list(tmp_path.glob("*.tmp"))
 
 
 def test_fine_tuning_on_a_tiny_chat_set_lowers_the_assistant_token_loss(tmp_path):

@@ -8,11 +8,13 @@
     same_tokenizer  whether two metas give the same ids to the same text (train.py's refusal)
 
 Every tokenizer has .name, .vocab_size, .eot_token (None if it has no end-of-text id), .encode(text),
-.encode_batch(texts), .decode(ids) and .byte_lengths() (the UTF-8 bytes each id stands for, for bits
-per byte; 0 for the end-of-text id, a boundary between documents rather than text). encode() never
+.encode_batch(texts), .decode(ids), .byte_lengths() (the UTF-8 bytes each id stands for, for bits
+per byte; 0 for the end-of-text id, a boundary between documents rather than text) and
+.safe_cut(text, start, end) (where a long text may be cut to be encoded in pieces). encode() never
 parses special tokens: the string "<|endoftext|>" inside a text stays text; documents are separated
 by the eot_token id itself.
 """
+import functools
 import hashlib
 import json
 import sys
@@ -53,6 +55,24 @@ class GPT2Tokenizer:
         lengths[self.eot_token] = 0  # a document boundary, not text
         return lengths
 
+    def safe_cut(self, text, start, end):
+        """See CharTokenizer.safe_cut. GPT-2's pre-tokenizer splits text into pieces that BPE encodes
+        one by one: ' ?' + letters, ' ?' + digits, ' ?' + other symbols, contractions ('s, 't, ...)
+        and runs of whitespace. A cut is safe where a piece of the whole text ends and the two sides
+        split the same way alone: before a space between two non-spaces (the space starts the next
+        piece, and no piece ends in a space followed by a non-space), and between a letter or digit
+        and a following symbol (no piece holds both)."""
+        match = _gpt2_cuts().search(text, start + 1, end)  # the last one; lookahead stops at end
+        return match.start() if match else start
+
+
+@functools.cache
+def _gpt2_cuts():
+    """GPT2Tokenizer.safe_cut's two kinds of cut, searched from the end (regex, which tiktoken
+    depends on, knows Unicode's letters, \\p{L}, and digits, \\p{N})."""
+    import regex
+    return regex.compile(r"(?r)(?<=\S) (?=\S)|(?<=[\p{L}\p{N}])(?=[^\s\p{L}\p{N}])")
+
 
 class CharTokenizer:
     """One id per character of the data's vocabulary, plus an end-of-text id when documents need one."""
@@ -76,6 +96,13 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(EOT_TEXT if i == self.eot_token else self.chars[i] for i in ids)
+
+    def safe_cut(self, text, start, end):
+        """The last position i, start < i <= end, where text can be cut without changing its ids,
+        encode(text[:i]) + encode(text[i:]) == encode(text), whatever text holds past end; start if
+        there is none. prepare.py tokenizes long documents in pieces cut there. Characters are
+        encoded one by one: any cut is safe."""
+        return end
 
     def byte_lengths(self):
         return [len(c.encode()) for c in self.chars] + [0] * (self.eot_token is not None)
@@ -135,6 +162,22 @@ class BPETokenizer:
 
     def decode(self, ids):
         return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def safe_cut(self, text, start, end):
+        """See CharTokenizer.safe_cut. A BPE learned by train_bpe splits text first with GPT-2's own
+        pre-tokenizer (ByteLevel, its regular expression), so GPT-2's safe cuts hold for it; another
+        tokenizer.json (one reused from elsewhere) may split differently, and is never cut."""
+        if not self._splits_like_gpt2:
+            return start
+        match = _gpt2_cuts().search(text, start + 1, end)
+        return match.start() if match else start
+
+    @functools.cached_property
+    def _splits_like_gpt2(self):
+        config = json.loads(self.json)
+        pre = config.get("pre_tokenizer") or {}
+        return (config.get("normalizer") is None and pre.get("type") == "ByteLevel"
+                and pre.get("use_regex", True) and not pre.get("add_prefix_space", False))
 
     def byte_lengths(self):
         """A token's bytes are exact even when it holds part of a character: one byte per character

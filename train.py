@@ -25,6 +25,7 @@ import configurator
 from checkpoint import load_model, save_checkpoint
 from configurator import UserError, autocast, device_peak_flops, peak_memory_mb, pick_device, pick_dtype
 from data import Split, read_meta
+from fileio import check_folder
 from model import GPT, GPTConfig
 from optim import configure_optimizers, load_optimizer_states, set_lr_multiplier
 from plot import write_loss_svg
@@ -86,14 +87,38 @@ for _f in fields(GPTConfig):
 # Setup: processes, device, precision
 
 
-def setup(cfg):
-    """Start the process group under torchrun; pick device and dtype; seed. Returns a namespace."""
-    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval",
-                "eval_iters", "log_interval"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+# The least value each numeric setting may take (the model's shape is GPTConfig's to check).
+AT_LEAST = dict(batch_size=1, block_size=1, gradient_accumulation_steps=1, eval_interval=1, eval_iters=1,
+                log_interval=1, max_iters=0, warmup_iters=0, lr_decay_iters=0, learning_rate=0.0,
+                muon_lr=0.0, min_lr=0.0, weight_decay=0.0, grad_clip=0.0)
+
+
+def model_settings(cfg):
+    """The GPTConfig fields a run sets (the vocabulary comes from the dataset)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
+
+
+def check_settings(cfg):
+    """Refuse settings that cannot work, before anything is loaded: one line saying which and why."""
+    for key, low in AT_LEAST.items():
+        if getattr(cfg, key) < low:
+            raise UserError(f"{key} must be at least {low}, got {getattr(cfg, key)}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"{key} is a moving average's decay: from 0 to below 1, got {getattr(cfg, key)}")
     if cfg.compile not in (None, True, False):
         raise UserError(f"compile must be True, False or None (automatic), got {cfg.compile!r}")
+    check_folder(cfg.out_dir, "--out_dir")
+    try:  # the model's shape and options, as given (a checkpoint or GPT-2 brings its own shape)
+        GPTConfig(**model_settings(cfg))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def setup(cfg):
+    """Check the settings; start the process group under torchrun; pick device and dtype; seed.
+    Returns a namespace."""
+    check_settings(cfg)
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     if cfg.gradient_accumulation_steps % world:
@@ -134,22 +159,25 @@ def load_splits(cfg, rt):
 # Model
 
 
+# What a checkpoint must hold, besides the model, to resume a run exactly (see evaluate_and_save).
+RESUME_STATE = ("optimizer", "scaler", "iter_num", "best_val_loss", "config", "rng")
+
+
 def build_model(cfg, meta):
     """The model to train, on the CPU, and the checkpoint it was resumed from (or None)."""
     ckpt = None
-    if cfg.init_from == "scratch":
-        args = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
-        try:
-            config = GPTConfig(**args, vocab_size=meta["vocab_size"])  # exactly the tokenizer's: every id decodes
-        except ValueError as e:  # a model option out of range, e.g. --pos_emb=rotary
-            raise UserError(str(e)) from None
-        model = GPT(config)
+    if cfg.init_from == "scratch":  # the vocabulary is exactly the tokenizer's: every id decodes
+        model = GPT(GPTConfig(**model_settings(cfg), vocab_size=meta["vocab_size"]))
     else:  # resume, another run's weights, or a Hugging Face model
         hint = "; point --out_dir at an earlier run, or start one with --init_from=scratch"
         model, model_meta, ckpt = load_model(cfg.init_from, cfg.out_dir, hint, dropout=cfg.dropout)
         check_same_tokenizer(model_meta, meta, cfg)
         if cfg.init_from != "resume":
             ckpt = None  # another run's weights only: a fresh optimizer, schedule and data order
+        elif missing := [k for k in RESUME_STATE if k not in ckpt and not cfg.eval_only]:
+            raise UserError(f"{os.path.join(cfg.out_dir, 'ckpt.pt')} holds a model but not the training "
+                            f"state an exact resume needs (no {', '.join(missing)}); fine-tune from its "
+                            f"weights instead: --init_from={cfg.out_dir} with another --out_dir")
     model.config.grad_checkpoint = cfg.grad_checkpoint  # trades memory for compute, whatever the source
     source = "the checkpoint" if ckpt else cfg.init_from
     if model.config.vocab_size < meta["vocab_size"]:
