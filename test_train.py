@@ -48,6 +48,7 @@ def test_gpt2_block_after_a_preset_gives_back_exactly_the_preset_before_the_reci
     recipe = configure(train.DEFAULTS, [str(REPO / "config" / preset)])
     gpt2 = configure(train.DEFAULTS, [str(REPO / "config" / preset), str(REPO / "config/gpt2_block.py")])
     assert (recipe["optimizer"], recipe["pos_emb"], recipe["qk_norm"]) == ("muon", "rope", True)
+    # every setting as before, but muon_lr, which stays the preset's: AdamW does not read it
     assert gpt2 == recipe | GPT2_BLOCK | PRE_RECIPE[preset], {k: v for k, v in gpt2.items() if v != recipe[k]}
 
 
