@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import pytest
 import uvicorn
 
-import sample
 import serve
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import ASCII_META, CHAR_META, REPO, greedy_ids, needs_openai, tiny_engine, write_checkpoint
