@@ -8,6 +8,7 @@ Several nodes: run on each `torchrun --nnodes=2 --node_rank=0|1 --nproc_per_node
 --master_addr=<node 0's address> --master_port=29500 train.py ...`.
 Every setting below can be overridden by config files and --key=value flags (see configurator.py).
 """
+import gc
 import json
 import math
 import os
@@ -420,24 +421,32 @@ def train(config):
     cfg = SimpleNamespace(**config)
     rt = setup(cfg)
     try:
-        run = prepare_run(cfg, rt)
-        if cfg.eval_only:
-            summary = {}
-            if rt.master:
-                losses, bpb = evaluate(run.eval_model, run.splits, cfg, rt, run.bytes_of)
-                print(f"val {eval_summary(losses['val'], bpb['val'])}")
-                summary = {"val_loss": losses["val"], "val_perplexity": perplexity(losses["val"]),
-                           "val_bpb": bpb["val"]}
-        else:
-            loop(run, cfg, rt)
-            summary = {"iter_num": run.iter_num, "best_val_loss": run.best_val_loss, "losses": run.losses,
-                       "evals": run.evals}
-        if rt.ddp:  # gloo aborts a process that leaves while another still evaluates or saves
-            dist.barrier()
-        return summary
+        return run_or_evaluate(cfg, rt)
     finally:
         if rt.ddp:
+            # the DDP wrapper holds the process group, in reference cycles: free it now, while the
+            # interpreter is whole (left to exit, gloo's threads could abort the process)
+            gc.collect()
             dist.destroy_process_group()
+
+
+def run_or_evaluate(cfg, rt):
+    """train()'s work, in a frame of its own: the model, DDP and all, is released when it returns."""
+    run = prepare_run(cfg, rt)
+    if cfg.eval_only:
+        summary = {}
+        if rt.master:
+            losses, bpb = evaluate(run.eval_model, run.splits, cfg, rt, run.bytes_of)
+            print(f"val {eval_summary(losses['val'], bpb['val'])}")
+            summary = {"val_loss": losses["val"], "val_perplexity": perplexity(losses["val"]),
+                       "val_bpb": bpb["val"]}
+    else:
+        loop(run, cfg, rt)
+        summary = {"iter_num": run.iter_num, "best_val_loss": run.best_val_loss, "losses": run.losses,
+                   "evals": run.evals}
+    if rt.ddp:  # no process leaves while another still evaluates or saves
+        dist.barrier()
+    return summary
 
 
 def prepare_run(cfg, rt):
