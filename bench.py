@@ -61,7 +61,8 @@ from loadtest import load_test, summary
 from measure import (QUICK_SAMPLE_MODEL, ROOT, SAMPLE_MODEL, SHARED_DATA, baseline_prepare, build_corpus,
                      environment, find_gpt2_files, hugging_face_copy, iteration_rows, learn_directly,
                      learn_through_prepare, measure_process, memory_bandwidth, python_call, thread_env,
-                     time_decoding, time_to_target, train_speed, watch_training, write_random_dataset)
+                     time_decoding, time_decodings, time_to_target, train_speed, watch_training,
+                     write_random_dataset)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
@@ -151,24 +152,22 @@ def bench_sample(cfg, device):
     repeats = 1 if cfg.quick else 5  # cached runs take seconds: a median of five evens out a noisy machine
     hf_model = hugging_face_copy(model) if device == "cpu" and cfg.dtype == "float32" else None
     model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
-    runs = {}
-    for batch in (1, 8):
-        for cache in (True, False):
-            idx = torch.zeros(batch, 1, dtype=torch.long, device=device)  # a one-token prompt
-            runs[f"{'cache' if cache else 'no_cache'}_batch{batch}"] = time_decoding(
-                model, idx, cfg.new_tokens, cache, settings, cfg.seed, repeats if cache else 1)
-    one = torch.zeros(1, 1, dtype=torch.long, device=device)
-    n, timed = cfg.new_tokens, (settings, cfg.seed, repeats)
+    one = torch.zeros(1, 1, dtype=torch.long, device=device)  # a one-token prompt
+    eight = torch.zeros(8, 1, dtype=torch.long, device=device)
     # the same weights with a quarter of the context: the new tokens run past it (GPT.generate_stream
     # restarts the window at its last half when it is full)
     (short := copy.deepcopy(model)).crop_block_size(shape["block_size"] // 4)
-    runs["cache_batch1_past_block"] = time_decoding(short, one, n, True, *timed)
+    cached = {"cache_batch1": (model, one, True), "cache_batch8": (model, eight, True),
+              "cache_batch1_past_block": (short, one, True)}
     if hf_model is not None:
-        runs["hf_generate_batch1"] = time_decoding(hf_model, one, n, "hf", *timed)
+        cached["hf_generate_batch1"] = (hf_model, one, "hf")
     if device == "cpu" and cfg.dtype == "float32":  # what sample.py --dtype=float16 does instead
         torch.manual_seed(cfg.seed)  # the same weights, in half the bytes
-        half = ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16")
-        runs["cache_batch1_float16"] = time_decoding(half, one, n, True, *timed)
+        cached["cache_batch1_float16"] = (ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16"), one, True)
+    # the runs whose ratios are claimed take turns, round by round, so that drift moves them alike
+    runs = time_decodings(cached, cfg.new_tokens, settings, cfg.seed, repeats)
+    for name, idx in (("no_cache_batch1", one), ("no_cache_batch8", eight)):  # slow: one run each
+        runs[name] = time_decoding(model, idx, cfg.new_tokens, False, settings, cfg.seed, 1)
     bound = memory_bandwidth(device, cfg.quick) / weight_bytes  # a token reads every weight (a batch, once)
     rate = {key: run["tokens_per_s"] for key, run in runs.items()}
     ratios = {"cache_batch1_over_hf": rate["cache_batch1"] / rate.get("hf_generate_batch1", float("nan")),

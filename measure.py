@@ -11,9 +11,10 @@ environment every figure depends on.
     python_call(function, ...)  the command that runs a function's own source in a fresh interpreter
     build_corpus(path, size)    the sample corpora of ../shared/data, repeated to about `size` bytes
                                 (or as one document on one line)
+    time_decodings(runs, n, ...)  tokens/s of several decoders taking turns (time_decoding: one)
 
-Scripts are measured as users run them, as subprocesses: this library imports none of them. Hugging Face's cached generate
-(hugging_face_copy, decode_with_hf) is the reference decoding is measured against.
+Scripts are measured as users run them, as subprocesses: this library imports none of them. Hugging
+Face's cached generate (hugging_face_copy, decode_with_hf) is the reference decoding is measured against.
 """
 import importlib.util
 import inspect
@@ -322,18 +323,28 @@ def learn_directly(corpus, vocab_size):
 def time_decoding(model, idx, n, cache, settings, seed, repeats):
     """Tokens/s (all rows together) of n new tokens; the median of `repeats` runs, each seeded alike.
     cache: True (GPT.generate_stream), False (a full forward per token) or "hf" (transformers)."""
-    decode = {True: decode_with_cache, False: decode_without_cache, "hf": decode_with_hf}[cache]
-    decode(model, idx, 2, **settings)  # warm-up: first-call allocations
-    seconds = []
+    return time_decodings({"run": (model, idx, cache)}, n, settings, seed, repeats)["run"]
+
+
+def time_decodings(runs, n, settings, seed, repeats):
+    """time_decoding for several runs, {name: (model, idx, cache)}, taking turns round by round: a
+    machine whose speed drifts within a process (this VM's decoding sped up ~1.3x over its first
+    seconds) then moves every run alike, and their ratios hold. Returns {name: result}."""
+    decoders = {True: decode_with_cache, False: decode_without_cache, "hf": decode_with_hf}
+    seconds = {name: [] for name in runs}
+    for model, idx, cache in runs.values():
+        decoders[cache](model, idx, 2, **settings)  # warm-up: first-call allocations
     for _ in range(repeats):
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        decode(model, idx, n, **settings)
-        if idx.is_cuda:
-            torch.cuda.synchronize()  # the last tokens may still be in flight
-        seconds.append(time.perf_counter() - t0)
-    dt = statistics.median(seconds)
-    return {"tokens_per_s": idx.size(0) * n / dt, "seconds": dt, "batch": idx.size(0), "runs_s": seconds}
+        for name, (model, idx, cache) in runs.items():
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            decoders[cache](model, idx, n, **settings)
+            if idx.is_cuda:
+                torch.cuda.synchronize()  # the last tokens may still be in flight
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: {"tokens_per_s": idx.size(0) * n / statistics.median(seconds[name]),
+                   "seconds": statistics.median(seconds[name]), "batch": idx.size(0), "runs_s": seconds[name]}
+            for name, (model, idx, cache) in runs.items()}
 
 
 def decode_with_cache(model, idx, n, temperature, top_k, top_p):
@@ -365,8 +376,10 @@ def timed(fn, device):
 @lru_cache(maxsize=None)
 def memory_bandwidth(device, quick=False):
     """Bytes per second read by a sum over a tensor larger than the caches, best of several: the
-    speed at which weights can stream in (decoding reads them, and writes next to nothing)."""
-    data = torch.ones((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
+    speed at which weights can stream in (decoding reads them, and writes next to nothing). Random
+    values, not a constant: a VM that merges identical memory pages would fold a tensor of ones into
+    one page, read from cache at several times the memory's speed."""
+    data = torch.rand((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
     best = float("inf")
     for _ in range(3 if quick else 10):
         t0 = time.perf_counter()
