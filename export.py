@@ -5,7 +5,8 @@
 
 The folder loads with transformers' AutoModelForCausalLM and AutoTokenizer, and back here with
 --init_from=hf/tinystories. Its layout follows the model's config (hf.py): GPT-2's block ->
-GPT2LMHeadModel; RoPE + SwiGLU + RMSNorm -> LlamaForCausalLM, with experts MixtralForCausalLM.
+GPT2LMHeadModel; RoPE + SwiGLU + RMSNorm -> LlamaForCausalLM, with QK-norm (and no biases)
+Qwen3ForCausalLM, with experts MixtralForCausalLM.
 Models trained on chat data (prepare.py --format=chat) get a chat template that gives exactly
 sprout's token ids. The folder is checked by loading it back before it takes its name.
 """

@@ -11,12 +11,15 @@ The layouts, chosen from the model's config; anything else is refused naming the
 
     learned positions, GELU, LayerNorm        GPT2LMHeadModel
     RoPE, SwiGLU, RMSNorm                     LlamaForCausalLM
+    RoPE, SwiGLU, RMSNorm, QK-norm, no biases Qwen3ForCausalLM (the TinyStories presets' block)
     RoPE, SwiGLU, RMSNorm, experts            MixtralForCausalLM
 
 The maths match exactly: HF Llama's rotate_half turns channel pairs (i, i + hs/2) with inverse
 frequencies base^(-2i/hs), as apply_rope does; our c_fc holds SwiGLU's gate rows, then its up rows;
 Mixtral's router takes a softmax over all experts, the top k, and renormalises them, as MoE does
-(transformers 5's MixtralTopKRouter). Biases map to Llama's attention_bias and mlp_bias together.
+(transformers 5's MixtralTopKRouter); Qwen3's q_norm and k_norm are an RMSNorm over each head's
+channels, shared by the heads and applied before RoPE, as ours. Biases map to Llama's attention_bias
+and mlp_bias together.
 One difference stays: a Hugging Face tokenizer reads the text "<|endoftext|>" as the special token,
 where ours keep it as text.
 """
@@ -35,8 +38,9 @@ from model import GPT, GPTConfig, hidden_width
 from tokenizer import CHAT_TEMPLATE, EOT_TEXT, GPT2_META, ROLES, chat_prompt, load_tokenizer
 
 HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}
-NAMES = {"gpt2": "GPT-2", "llama": "Llama", "mixtral": "Mixtral"}
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+           "mixtral": "MixtralForCausalLM"}
+NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3", "mixtral": "Mixtral"}
 
 
 def _transformers():
@@ -54,21 +58,29 @@ def _transformers():
 
 GPT2_ACTIVATIONS = {"gelu": "gelu_new"}  # our mlp -> GPT2Config's activation_function (GELU, tanh form)
 # what each layout needs of the options that shape the network
-NEEDS = {"gpt2": dict(pos_emb=("learned",), mlp=tuple(GPT2_ACTIVATIONS), norm=("layernorm",), n_expert=(0,)),
-         "llama": dict(pos_emb=("rope",), mlp=("swiglu",), norm=("rmsnorm",), n_expert=(0,)),
-         "mixtral": dict(pos_emb=("rope",), mlp=("swiglu",), norm=("rmsnorm",), bias=(False,))}
+NEEDS = {"gpt2": dict(pos_emb=("learned",), mlp=tuple(GPT2_ACTIVATIONS), norm=("layernorm",), n_expert=(0,),
+                      qk_norm=(False,)),
+         "llama": dict(pos_emb=("rope",), mlp=("swiglu",), norm=("rmsnorm",), n_expert=(0,), qk_norm=(False,)),
+         # Llama's block with QK-norm (an RMSNorm per head on queries and keys, before RoPE, as ours);
+         # its feed-forward layers have no biases
+         "qwen3": dict(pos_emb=("rope",), mlp=("swiglu",), norm=("rmsnorm",), n_expert=(0,), bias=(False,)),
+         "mixtral": dict(pos_emb=("rope",), mlp=("swiglu",), norm=("rmsnorm",), bias=(False,), qk_norm=(False,))}
 # the options every layout's config carries (an untied output layer: tie_word_embeddings=False), and
 # those that change training but not what the weights compute; any other option at a value other
 # than its default has no place in a Hugging Face format
 CARRIED = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias", "pos_emb", "rope_base", "mlp",
-           "mlp_hidden", "norm", "n_expert", "n_expert_active"}
+           "mlp_hidden", "norm", "qk_norm", "n_expert", "n_expert_active"}
 TRAINING_ONLY = {"dropout", "aux_loss_coef", "grad_checkpoint"}
 
 
 def export_layout(config):
-    """'gpt2', 'llama' or 'mixtral'; a UserError naming the first option none of them can hold."""
-    layout = "gpt2" if config.pos_emb == "learned" else "mixtral" if config.n_expert else "llama"
-    chosen_by = f"pos_emb={config.pos_emb!r}" + (f" and n_expert={config.n_expert}" * (layout == "mixtral"))
+    """'gpt2', 'llama', 'qwen3' or 'mixtral'; a UserError naming the first option none of them can hold."""
+    if config.pos_emb == "learned":
+        layout = "gpt2"
+    else:
+        layout = "mixtral" if config.n_expert else "qwen3" if config.qk_norm else "llama"
+    chosen_by = f"pos_emb={config.pos_emb!r}" + {"gpt2": "", "llama": "", "qwen3": " and qk_norm=True",
+                                                 "mixtral": f" and n_expert={config.n_expert}"}[layout]
     for key, allowed in NEEDS[layout].items():
         if getattr(config, key) not in allowed:
             needed = " or ".join(f"{key}={value!r}" for value in allowed)
@@ -102,6 +114,8 @@ def _hf_config(model, layout, eot):
                  rope_theta=c.rope_base, attention_dropout=0.0, **common)
     if layout == "llama":
         return tf.LlamaConfig(attention_bias=c.bias, mlp_bias=c.bias, **shape)
+    if layout == "qwen3":
+        return tf.Qwen3Config(attention_bias=False, use_sliding_window=False, **shape)
     return tf.MixtralConfig(num_local_experts=c.n_expert, num_experts_per_tok=c.n_expert_active,
                             router_aux_loss_coef=c.aux_loss_coef, sliding_window=None, **shape)
 
@@ -122,6 +136,7 @@ LLAMA_KEYS = [
     (_LAYER + r"ln_2\.weight", [_THEIRS + "post_attention_layernorm.weight"]),
     (_LAYER + r"attn\.c_attn\.(weight|bias)", [_THEIRS + f"self_attn.{p}_proj.\\2" for p in "qkv"]),
     (_LAYER + r"attn\.c_proj\.(weight|bias)", [_THEIRS + r"self_attn.o_proj.\2"]),
+    (_LAYER + r"attn\.(q|k)_norm\.weight", [_THEIRS + r"self_attn.\2_norm.weight"]),
     (_LAYER + r"mlp\.c_fc\.(weight|bias)", [_THEIRS + r"mlp.gate_proj.\2", _THEIRS + r"mlp.up_proj.\2"]),
     (_LAYER + r"mlp\.c_proj\.(weight|bias)", [_THEIRS + r"mlp.down_proj.\2"]),
     (_LAYER + r"mlp\.router\.weight", [_THEIRS + "mlp.gate.weight"]),
@@ -436,7 +451,7 @@ def our_config(hf_config):
         args = dict(block_size=h.max_position_embeddings, n_layer=h.num_hidden_layers,
                     n_head=h.num_attention_heads, n_embd=h.hidden_size, pos_emb="rope",
                     bias=getattr(h, "attention_bias", False), rope_base=float(_rope(h)[0]), mlp="swiglu",
-                    mlp_hidden=h.intermediate_size, norm="rmsnorm")
+                    mlp_hidden=h.intermediate_size, norm="rmsnorm", qk_norm=layout == "qwen3")
     if layout == "mixtral":
         args |= dict(n_expert=h.num_local_experts, n_expert_active=h.num_experts_per_tok,
                      aux_loss_coef=h.router_aux_loss_coef)
@@ -463,7 +478,7 @@ def _load(cls, name_or_dir, **kwargs):
 
 def from_pretrained(name_or_dir, **overrides):
     """A GPT from one of GPT-2's hub names (gpt2 ... gpt2-xl) or a local Hugging Face folder of any of
-    the three layouts (works offline). overrides: GPTConfig fields the weights do not depend on."""
+    the four layouts (works offline). overrides: GPTConfig fields the weights do not depend on."""
     tf = _transformers()
     layout, args = our_config(_load(tf.AutoConfig, name_or_dir))
     hf_model = _load(getattr(tf, CLASSES[layout]), name_or_dir, dtype=torch.float32)

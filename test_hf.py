@@ -1,9 +1,11 @@
 """Tests of hf.py, Hugging Face interop: sprout models exported as Hugging Face folders (export,
-save_pretrained) in the three layouts, and Hugging Face models read back (from_pretrained,
+save_pretrained) in the four layouts, and Hugging Face models read back (from_pretrained,
 tokenizer_meta). Each claim is checked against transformers itself: its logits, its tokenizer, its
 chat template, its text-generation pipeline. Skipped without transformers, which stays optional,
 except where hf.py must refuse before it would need it.
 """
+from dataclasses import fields
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +13,9 @@ import torch
 
 import hf
 import sample
+import train
 from checkpoint import GPT2_META, load_model
-from configurator import UserError
+from configurator import UserError, configure
 from conftest import (CHAR_META, CONVERSATIONS, bpe_meta, greedy_ids, make_bpe_dataset, needs_gpt2_files,
                       needs_transformers, run_train, tiny_model, tiny_variant)
 from model import GPTConfig
@@ -21,14 +24,17 @@ from tokenizer import CHAT_TEMPLATE, chat_prompt, encode_conversation, load_toke
 LAYOUTS = {  # the model options that choose each Hugging Face layout
     "gpt2": {},
     "llama": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", bias=False),
+    "qwen3": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", bias=False, qk_norm=True),
     "mixtral": dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", bias=False, n_expert=4, n_expert_active=2),
 }
 EXPORTED = {  # the models exported: each layout, and options each has a place for
     "gpt2": ("gpt2", dict(mlp_hidden=96)),
     "llama": ("llama", LAYOUTS["llama"]),
     "llama-bias": ("llama", LAYOUTS["llama"] | dict(bias=True, mlp_hidden=80)),
+    "qwen3": ("qwen3", LAYOUTS["qwen3"] | dict(rope_base=500.0)),
     "mixtral": ("mixtral", LAYOUTS["mixtral"]),
 }
+ROOT = Path(__file__).parent
 # what tokenizers trip on: accents, a combining mark, emoji (one with a joiner), CJK, RTL, a lone \r
 HARD_TEXT = "Ça va? ÅNGSTRÖM naïve e\u0301 👩‍💻🐍 日本語の文 مرحبا\r x\t\ty   z 12,345.678 don't\n\n end"
 
@@ -167,6 +173,9 @@ def test_export_with_gpt2s_tokenizer_writes_vocab_and_merges_that_match_tiktoken
     (dict(norm="rmsnorm"), "norm='rmsnorm' has no place in GPT-2's"),
     (dict(n_expert=4), "n_expert=4 has no place in GPT-2's"),
     (LAYOUTS["llama"] | dict(norm="layernorm"), "norm='layernorm' has no place in Llama's"),
+    (LAYOUTS["qwen3"] | dict(bias=True), "bias=True has no place in Qwen3's Hugging Face format "
+                                         "(pos_emb='rope' and qk_norm=True exports as Qwen3ForCausalLM"),
+    (dict(pos_emb="rope", qk_norm=True), "mlp='gelu' has no place in Qwen3's"),
     (LAYOUTS["mixtral"] | dict(bias=True), "bias=True has no place in Mixtral's Hugging Face format "
                                            "(pos_emb='rope' and n_expert=4 exports as MixtralForCausalLM"),
 ])
@@ -178,14 +187,26 @@ def test_export_refuses_an_option_without_a_place_naming_it(tmp_path, options, m
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary folder
 
 
-@pytest.mark.parametrize("layout,name", [("gpt2", "GPT-2's"), ("llama", "Llama's")])
-def test_export_refuses_qk_norm_which_no_layout_has_naming_it(tmp_path, layout, name):
+@pytest.mark.parametrize("layout,name,chosen_by", [("gpt2", "GPT-2's", "pos_emb='learned'"),
+                                                    ("mixtral", "Mixtral's", "pos_emb='rope' and n_expert=4")])
+def test_export_refuses_qk_norm_where_the_layout_has_none_naming_it(tmp_path, layout, name, chosen_by):
     with pytest.raises(UserError, match=rf"^qk_norm=True has no place in {name} Hugging Face format "
-                                        rf"\({hf.CLASSES[layout]} has no such option\)$"):
+                                        rf"\({chosen_by} exports as {hf.CLASSES[layout]}, which needs "
+                                        rf"qk_norm=False\)$"):
         hf.export(tiny_variant(**LAYOUTS[layout], qk_norm=True), GPT2_META, tmp_path / "hf")
     assert not list(tmp_path.iterdir())
     config = GPTConfig(**LAYOUTS["llama"], dropout=0.1, grad_checkpoint=True)  # training-only options pass
     assert hf.export_layout(config) == "llama"
+    assert hf.export_layout(GPTConfig(**LAYOUTS["llama"], qk_norm=True)) == "qwen3"
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in ROOT.glob("config/train_tinystories*.py")))
+def test_every_tinystories_preset_trains_a_model_that_exports(preset):
+    """The presets meant for publishing: what they train has a Hugging Face layout (found out before
+    hours of training, not after)."""
+    settings = configure(train.DEFAULTS, [str(ROOT / "config" / preset)])
+    config = GPTConfig(**{f.name: settings[f.name] for f in fields(GPTConfig) if f.name in settings})
+    assert hf.export_layout(config) in hf.CLASSES
 
 
 def test_export_refuses_a_character_level_model(tmp_path):
@@ -281,7 +302,7 @@ LLAMA = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_h
     ("GPT2Config", dict(activation_function="relu"), "activation_function='relu' has no place in this model.py "
                                                      "(it needs activation_function='gelu_new' or "
                                                      "'gelu_pytorch_tanh')"),
-    ("GPTNeoConfig", {}, "model_type 'gpt_neo' has no counterpart here (sprout reads gpt2, llama, mixtral)"),
+    ("GPTNeoConfig", {}, "model_type 'gpt_neo' has no counterpart here (sprout reads gpt2, llama, qwen3, mixtral)"),
 ])
 def test_from_pretrained_refuses_settings_it_cannot_hold_naming_them(tmp_path, kind, options, message):
     import transformers

@@ -40,7 +40,8 @@ def test_every_config_file_sets_only_known_keys_to_values_train_py_accepts(path)
 # What the presets set before the recipe (commit 9490aa2), where the recipe changed it
 PRE_RECIPE = {"train_shakespeare_char.py": dict(learning_rate=1e-3, warmup_iters=100),
               "train_tinystories.py": dict(learning_rate=1e-3, warmup_iters=1000)}
-GPT2_BLOCK = dict(optimizer="adamw", pos_emb="learned", mlp="gelu", norm="layernorm", qk_norm=False)
+GPT2_BLOCK = dict(optimizer="adamw", pos_emb="learned", mlp="gelu", norm="layernorm", qk_norm=False,
+                  bias=True)
 
 
 @pytest.mark.parametrize("preset", list(PRE_RECIPE))

@@ -36,9 +36,14 @@ warmup_iters = 1000
 weight_decay = 0.1
 
 # The recipe (BENCH.md: found on the CPU shakespeare_char run, not yet measured at this size): Muon for
-# the blocks' weight matrices, AdamW for the embeddings, norms and biases; rotary positions and QK-norm.
+# the blocks' weight matrices, AdamW for the embeddings and norms; rotary positions and QK-norm. The
+# rest of the block is Llama's (SwiGLU, RMSNorm, no biases), so that export.py can write the model as
+# a Hugging Face Qwen3 (GPT-2's block with RoPE and QK-norm has no Hugging Face layout).
 optimizer = "muon"
 muon_lr = 0.02  # Muon's usual peak; the CPU run trained alike at 0.015 and 0.02
 pos_emb = "rope"
 qk_norm = True
+mlp = "swiglu"  # hidden width ~8C/3: the parameters of GPT-2's 4C GELU MLP
+norm = "rmsnorm"
+bias = False
 # config/gpt2_block.py after this file: GPT-2's block and AdamW alone, as before the recipe.

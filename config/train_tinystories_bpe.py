@@ -37,9 +37,12 @@ warmup_iters = 1000
 weight_decay = 0.1
 
 # The recipe (BENCH.md: found on the CPU shakespeare_char run, not yet measured at this size): Muon for
-# the blocks' weight matrices, AdamW for the embeddings, norms and biases; rotary positions and QK-norm.
+# the blocks' weight matrices, AdamW for the embeddings and norms; rotary positions and QK-norm; with
+# RMSNorm and no biases, a block export.py writes as a Hugging Face Qwen3.
 optimizer = "muon"
 muon_lr = 0.02  # Muon's usual peak; the CPU run trained alike at 0.015 and 0.02
 pos_emb = "rope"
 qk_norm = True
-# As before the recipe: --optimizer=adamw --qk_norm=False.
+norm = "rmsnorm"
+bias = False
+# As before the recipe: --optimizer=adamw --qk_norm=False --norm=layernorm --bias=True.

@@ -1,5 +1,5 @@
-# config/train_tinystories.py (its recipe: Muon, rotary positions, QK-norm) with SwiGLU feed-forward
-# layers, in a smaller model: 8 layers, 6 heads, 384 wide, 512 context.
+# config/train_tinystories.py (its recipe: Muon, rotary positions, QK-norm; its block: SwiGLU, RMSNorm,
+# no biases) in a smaller model: 8 layers, 6 heads, 384 wide, 512 context.
 # About 33.5M parameters, 19.3M of them in the token embedding (50257 x 384) that doubles as the output
 # layer, so the transformer itself is ~14.2M (SwiGLU's hidden width 1024 = 8/3 x 384 keeps it at the
 # size of a GELU MLP).
@@ -34,9 +34,12 @@ warmup_iters = 1000
 weight_decay = 0.1
 
 # The recipe (BENCH.md: found on the CPU shakespeare_char run, not yet measured at this size): Muon for
-# the blocks' weight matrices, AdamW for the embeddings, norms and biases; rotary positions and QK-norm.
+# the blocks' weight matrices, AdamW for the embeddings and norms; rotary positions and QK-norm; with
+# RMSNorm and no biases, a block export.py writes as a Hugging Face Qwen3.
 optimizer = "muon"
 muon_lr = 0.02  # Muon's usual peak; the CPU run trained alike at 0.015 and 0.02
 pos_emb = "rope"
 qk_norm = True
-# As before the recipe: --optimizer=adamw --qk_norm=False.
+norm = "rmsnorm"
+bias = False
+# As before the recipe: --optimizer=adamw --qk_norm=False --norm=layernorm --bias=True.
