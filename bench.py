@@ -163,7 +163,8 @@ def bench_sample(cfg, device):
         cached["hf_generate_batch1"] = (hf_model, one, "hf")
     if device == "cpu" and cfg.dtype == "float32":  # what sample.py --dtype=float16 does instead
         torch.manual_seed(cfg.seed)  # the same weights, in half the bytes
-        cached["cache_batch1_float16"] = (ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16"), one, True)
+        half = ready_for_decoding(GPT(GPTConfig(**shape)), device, "float16")
+        cached["cache_batch1_float16"] = (half, one, True)
     # the runs whose ratios are claimed take turns, round by round, so that drift moves them alike
     runs = time_decodings(cached, cfg.new_tokens, settings, cfg.seed, repeats)
     for name, idx in (("no_cache_batch1", one), ("no_cache_batch8", eight)):  # slow: one run each

@@ -328,8 +328,8 @@ def time_decoding(model, idx, n, cache, settings, seed, repeats):
 
 def time_decodings(runs, n, settings, seed, repeats):
     """time_decoding for several runs, {name: (model, idx, cache)}, taking turns round by round: a
-    machine whose speed drifts within a process (this VM's decoding sped up ~1.3x over its first
-    seconds) then moves every run alike, and their ratios hold. Returns {name: result}."""
+    machine whose speed changes within a process (this VM's batch-1 decoding moves between two
+    rates, BENCH.md) then moves every run alike, and their ratios hold. Returns {name: result}."""
     decoders = {True: decode_with_cache, False: decode_without_cache, "hf": decode_with_hf}
     seconds = {name: [] for name in runs}
     for model, idx, cache in runs.values():
@@ -342,8 +342,9 @@ def time_decodings(runs, n, settings, seed, repeats):
             if idx.is_cuda:
                 torch.cuda.synchronize()  # the last tokens may still be in flight
             seconds[name].append(time.perf_counter() - t0)
-    return {name: {"tokens_per_s": idx.size(0) * n / statistics.median(seconds[name]),
-                   "seconds": statistics.median(seconds[name]), "batch": idx.size(0), "runs_s": seconds[name]}
+    medians = {name: statistics.median(s) for name, s in seconds.items()}
+    return {name: {"tokens_per_s": idx.size(0) * n / medians[name], "seconds": medians[name],
+                   "batch": idx.size(0), "runs_s": seconds[name]}
             for name, (model, idx, cache) in runs.items()}
 
 

@@ -4,8 +4,6 @@ tokenizer_meta). Each claim is checked against transformers itself: its logits, 
 chat template, its text-generation pipeline. Skipped without transformers, which stays optional,
 except where hf.py must refuse before it would need it.
 """
-from dataclasses import fields
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +14,7 @@ import sample
 import train
 from checkpoint import GPT2_META, load_model
 from configurator import UserError, configure
-from conftest import (CHAR_META, CONVERSATIONS, bpe_meta, greedy_ids, make_bpe_dataset, needs_gpt2_files,
+from conftest import (CHAR_META, CONVERSATIONS, REPO, bpe_meta, greedy_ids, make_bpe_dataset, needs_gpt2_files,
                       needs_transformers, run_train, tiny_model, tiny_variant)
 from model import GPTConfig
 from tokenizer import CHAT_TEMPLATE, chat_prompt, encode_conversation, load_tokenizer
@@ -34,7 +32,6 @@ EXPORTED = {  # the models exported: each layout, and options each has a place f
     "qwen3": ("qwen3", LAYOUTS["qwen3"] | dict(rope_base=500.0)),
     "mixtral": ("mixtral", LAYOUTS["mixtral"]),
 }
-ROOT = Path(__file__).parent
 # what tokenizers trip on: accents, a combining mark, emoji (one with a joiner), CJK, RTL, a lone \r
 HARD_TEXT = "Ça va? ÅNGSTRÖM naïve e\u0301 👩‍💻🐍 日本語の文 مرحبا\r x\t\ty   z 12,345.678 don't\n\n end"
 
@@ -200,12 +197,12 @@ def test_export_refuses_qk_norm_where_the_layout_has_none_naming_it(tmp_path, la
     assert hf.export_layout(GPTConfig(**LAYOUTS["llama"], qk_norm=True)) == "qwen3"
 
 
-@pytest.mark.parametrize("preset", sorted(p.name for p in ROOT.glob("config/train_tinystories*.py")))
+@pytest.mark.parametrize("preset", sorted(p.name for p in REPO.glob("config/train_tinystories*.py")))
 def test_every_tinystories_preset_trains_a_model_that_exports(preset):
     """The presets meant for publishing: what they train has a Hugging Face layout (found out before
     hours of training, not after)."""
-    settings = configure(train.DEFAULTS, [str(ROOT / "config" / preset)])
-    config = GPTConfig(**{f.name: settings[f.name] for f in fields(GPTConfig) if f.name in settings})
+    settings = configure(train.DEFAULTS, [str(REPO / "config" / preset)])
+    config = GPTConfig(**train.model_settings(SimpleNamespace(**settings)))  # as train.py builds it
     assert hf.export_layout(config) in hf.CLASSES
 
 
