@@ -60,8 +60,8 @@ from gpucheck import gpu_rows, run_gpu_check
 from loadtest import load_test, summary
 from measure import (QUICK_SAMPLE_MODEL, ROOT, SAMPLE_MODEL, SHARED_DATA, baseline_prepare, build_corpus,
                      environment, find_gpt2_files, hugging_face_copy, iteration_rows, learn_directly,
-                     learn_through_prepare, measure_process, memory_bandwidth, python_call, thread_env,
-                     time_decoding, time_decodings, time_to_target, train_speed, watch_training,
+                     learn_through_prepare, measure_process, measure_processes, memory_bandwidth, python_call,
+                     thread_env, time_decoding, time_decodings, time_to_target, train_speed, watch_training,
                      write_random_dataset)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
@@ -83,6 +83,7 @@ BENCH_DEFAULTS = dict(
     serve_seconds=20.0,  # how long the clients of each serve phase keep asking
     bpe_vocab_size=8192,  # the tokenizer section's BPE
     tokenizer_corpus_mb=(10.0, 40.0),  # the corpora it learns from (the first is also tokenized)
+    tokenizer_rounds=3,  # the tokenizer section's two ways take turns this often; medians reported
     payoff_vocab_size=4096,  # the payoff's BPE, against GPT-2's 50,257 tokens
     payoff_seconds=120.0,  # training time for each of the two models
     payoff_eval_iters=20,  # batches per evaluation (ten of them, spread over the time, not counted)
@@ -100,8 +101,8 @@ QUICK_MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32"]  #
 # --quick: one thread and one process, since with other work on the machine OpenMP threads and worker
 # pools can take many times longer to start than the tiny work they do
 QUICK = dict(warmup_iters=1, timed_iters=3, new_tokens=8, corpus_mb=0.2, threads=1, num_proc=1,
-             serve_seconds=0.5, bpe_vocab_size=512, tokenizer_corpus_mb=(0.2,), payoff_vocab_size=512,
-             payoff_seconds=0.5, payoff_eval_iters=1)
+             serve_seconds=0.5, bpe_vocab_size=512, tokenizer_corpus_mb=(0.2,), tokenizer_rounds=1,
+             payoff_vocab_size=512, payoff_seconds=0.5, payoff_eval_iters=1)
 QUICK_SERVE_MODEL = dict(block_size=64, vocab_size=95, n_layer=1, n_head=2, n_embd=32)  # printable ASCII
 SERVE_TARGET = 3.0  # 8 streaming clients, batched, against 1: total tokens/s (issue 15)
 # Decoding targets (issue 17), ratios measured in one run: cached batch 1 against Hugging Face's cached
@@ -240,21 +241,22 @@ def bench_tokenizer(cfg):
         return {"skipped": f"no sample corpora at {SHARED_DATA}"}
     num_proc, learn, tokenize = cfg.num_proc or os.cpu_count(), {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mb in cfg.tokenizer_corpus_mb:  # the two ways in turn, on each corpus
+        for mb in cfg.tokenizer_corpus_mb:  # the two ways taking turns, on each corpus
             corpus, vocab = build_corpus(Path(tmp, f"{mb}.txt"), int(mb * 1e6)), Path(tmp, f"{mb}.json")
-            ours = measure_process(learn_through_prepare(corpus, cfg.bpe_vocab_size, vocab))
-            alone = measure_process(python_call(learn_directly, str(corpus), cfg.bpe_vocab_size))
-            learn[f"{mb:g}"] = {"prepare_py": ours, "tokenizers": alone,
-                                "time_ratio": ours["seconds"] / alone["seconds"]}
+            runs = measure_processes({"prepare_py": learn_through_prepare(corpus, cfg.bpe_vocab_size, vocab),
+                                      "tokenizers": python_call(learn_directly, str(corpus), cfg.bpe_vocab_size)},
+                                     cfg.tokenizer_rounds)
+            learn[f"{mb:g}"] = runs | {"time_ratio": runs["prepare_py"]["seconds"] / runs["tokenizers"]["seconds"]}
         first = cfg.tokenizer_corpus_mb[0]
         corpus = Path(tmp, f"{first}.txt")
-        for name, tokenizer in (("gpt2", "gpt2"), ("bpe", Path(tmp, f"{first}.json"))):
-            run = measure_process([sys.executable, "prepare.py", f"--input={corpus}", f"--out_dir={tmp}",
-                                   f"--tokenizer={tokenizer}", f"--name={name}", f"--num_proc={num_proc}"])
+        tokenize = measure_processes(
+            {name: [sys.executable, "prepare.py", f"--input={corpus}", f"--out_dir={tmp}", f"--tokenizer={tokenizer}",
+                    f"--name={name}", f"--num_proc={num_proc}", "--force"]
+             for name, tokenizer in (("gpt2", "gpt2"), ("bpe", Path(tmp, f"{first}.json")))}, cfg.tokenizer_rounds)
+        for name, run in tokenize.items():
             meta = json.loads(Path(tmp, name, "meta.json").read_text())
             tokens = meta["train_tokens"] + meta["val_tokens"]
-            tokenize[name] = run | {"tokens_per_s": tokens / run["seconds"],
-                                    "mb_per_s": corpus.stat().st_size / 1e6 / run["seconds"]}
+            run |= {"tokens_per_s": tokens / run["seconds"], "mb_per_s": corpus.stat().st_size / 1e6 / run["seconds"]}
     return {"vocab_size": cfg.bpe_vocab_size, "learn": learn, "num_proc": num_proc, "tokenize": tokenize,
             "tokens_per_s_ratio": tokenize["bpe"]["tokens_per_s"] / tokenize["gpt2"]["tokens_per_s"]}
 

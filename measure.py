@@ -237,6 +237,19 @@ def measure_process(command, env=None):
     return {"seconds": seconds, "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_total_mb": peaks["pss"] / 1e6}
 
 
+def measure_processes(commands, rounds):
+    """measure_process for each of {name: command}, taking turns round by round (a machine's drift
+    then moves them alike): each one's median seconds, its peak memory over the rounds, runs_s."""
+    runs = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, command in commands.items():
+            runs[name].append(measure_process(command))
+    return {name: {"seconds": statistics.median(r["seconds"] for r in rs),
+                   "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                   "peak_pss_total_mb": max(r["peak_pss_total_mb"] for r in rs),
+                   "runs_s": [r["seconds"] for r in rs]} for name, rs in runs.items()}
+
+
 def _poll_memory(proc, peaks, interval=0.01):
     while proc.poll() is None:
         rss, pss = 0, 0

@@ -1,12 +1,13 @@
 """Tests of measure.py: following a train.py run through its log (stopped on a condition, or at a
 time limit), reading a log as it is written, and the time-to-target summary of a run."""
 import json
+import sys
 
 import pytest
 
 from conftest import TINY
 from configurator import UserError
-from measure import iteration_rows, read_rows, time_to_target, watch_training
+from measure import iteration_rows, measure_processes, read_rows, time_to_target, watch_training
 
 
 def test_watch_training_stops_the_run_when_asked_and_at_its_time_limit(data_dir, tmp_path):
@@ -57,3 +58,13 @@ def test_time_to_target_interpolates_the_crossing_between_the_evaluations_around
     assert time_to_target(rows, "finished", target=2.0)["crossed_s"] == 10.0  # reached at an evaluation
     assert time_to_target(rows, "finished", target=5.0)["crossed_s"] == 0.0  # there from the start
     assert time_to_target(rows, "finished", target=1.5)["crossed_s"] is None
+
+
+def test_measure_processes_takes_turns_and_reports_each_commands_median():
+    def sleeper(seconds):
+        return [sys.executable, "-c", f"import time; time.sleep({seconds})"]
+    runs = measure_processes({"short": sleeper(0.05), "long": sleeper(0.4)}, rounds=3)
+    assert [len(runs[name]["runs_s"]) for name in ("short", "long")] == [3, 3]
+    assert runs["short"]["seconds"] == sorted(runs["short"]["runs_s"])[1], "the median of the three"
+    assert 0.05 <= runs["short"]["seconds"] < runs["long"]["seconds"] and runs["long"]["seconds"] >= 0.4
+    assert runs["long"]["peak_rss_mb"] > 0

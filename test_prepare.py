@@ -95,6 +95,39 @@ def test_folder_reads_txt_jsonl_and_parquet_in_sorted_order(tmp_path):
         prepare.prepare_files(sources.input_files(folder), tmp_path / "ints", "char", num_proc=1)
 
 
+def blank_separated_reference(text):
+    """Blank-line documents the slow, obvious way: the whole text, line by line."""
+    docs, lines = [], []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") + [""]:
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            docs.append("\n".join(lines))
+            lines = []
+    return docs
+
+
+@pytest.mark.parametrize("read_chars", [1, 3, 7, 64])
+def test_blank_separated_documents_match_a_line_by_line_reading_whatever_the_block_size(
+        tmp_path, monkeypatch, read_chars):
+    monkeypatch.setattr(sources, "READ_CHARS", read_chars)
+    rng = __import__("random").Random(read_chars)
+    alphabet = ["a", "b", " ", " ", "\t", "\n", "\n", "\n", "\r", "\r\n", "\u2028", "\x0c", "\xa0", "é", "字"]
+    for trial in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(60)))
+        if trial % 10 == 0:  # long runs of whitespace, longer than a block
+            text = text[:20] + " \n" * rng.randrange(30) + "  " * rng.randrange(30) + text[20:]
+        path = tmp_path / "doc.txt"
+        path.write_text(text, encoding="utf-8", newline="")  # the reader translates line breaks
+        docs, parts = [], []
+        for segment, more in sources.read_documents(path):
+            parts.append(segment)
+            if not more:
+                docs.append("".join(parts))
+                parts = []
+        assert docs == blank_separated_reference(text), repr(text)
+
+
 def test_eot_separated_txt_splits_on_the_marker(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "READ_CHARS", 16)  # the marker straddles read blocks
     src = tmp_path / "ts.txt"
@@ -575,7 +608,8 @@ def test_a_document_on_one_huge_line_streams_in_segments_and_keeps_its_bytes(tmp
     src = tmp_path / "line.txt"
     src.write_text(f"{line}\n\n{line[:5000]}\n\n{line}\n", encoding="utf-8")
     segments = list(sources.read_documents(src))
-    assert max(len(text) for text, _ in segments) < 2000 and [more for _, more in segments].count(False) == 3
+    # about READ_CHARS each: the segment gathered so far (under 1000) and one more block read
+    assert max(len(text) for text, _ in segments) <= 2000 and [more for _, more in segments].count(False) == 3
     seen = []
     real_encode = prepare._encode_chunk
     monkeypatch.setattr(prepare, "_encode_chunk", lambda chunk: seen.append(chunk) or real_encode(chunk))
