@@ -76,24 +76,44 @@ def configure(defaults, argv):
 
 def _apply_file(path, config, defaults):
     """Run a config file with the current settings in scope; keep what it sets, type-checked."""
-    file = Path(path)
-    if not file.is_file():
-        hint = " (options are written --key=value)" if "=" in path else ""
-        raise UserError(f"config file not found: {path}{hint}")
     scope = dict(config)
+    _run_file(Path(path), scope, defaults)
+    config.update(_settings(scope))
+
+
+def _run_file(file, scope, defaults):
+    """exec a config file in scope, then check what it set. In it, include("other.py") runs another
+    config file (named from this one's folder) into the same scope, there: a preset builds on another
+    and changes only what differs, and what it sets after the include wins."""
+    if not file.is_file():
+        hint = " (options are written --key=value)" if "=" in str(file) else ""
+        raise UserError(f"config file not found: {file}{hint}")
+    outer = scope.get("include")
+    scope["include"] = lambda name: _run_file(file.parent / name, scope, defaults)
     try:
         exec(compile(file.read_text(), str(file), "exec"), scope)
+    except UserError:  # from an include: it already names its file
+        raise
     except SyntaxError as e:
-        raise UserError(f"{path} line {e.lineno}: {e.msg}") from None
+        raise UserError(f"{file} line {e.lineno}: {e.msg}") from None
     except Exception as e:  # the user's own Python: report it as one line naming the file
         line = _last_line_in(e, str(file))
-        raise UserError(f"{path}{line}: {type(e).__name__}: {e}") from None
-    for key, value in scope.items():
-        # Helpers a config file may define for itself: _private names, imports and functions.
-        if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-            continue
-        _check_known(key, defaults, f"{path} sets unknown key {key!r}")
-        config[key] = _check_type(key, value, defaults[key], path)
+        raise UserError(f"{file}{line}: {type(e).__name__}: {e}") from None
+    finally:  # an including file goes on with its own include; the settings keep none
+        if outer is None:
+            del scope["include"]
+        else:
+            scope["include"] = outer
+    for key, value in list(_settings(scope)):
+        _check_known(key, defaults, f"{file} sets unknown key {key!r}")
+        scope[key] = _check_type(key, value, defaults[key], str(file))
+
+
+def _settings(scope):
+    """The settings a config file's scope holds: not the helpers it may define for itself (_private
+    names, imports, functions), nor Python's __builtins__."""
+    return ((key, value) for key, value in scope.items()
+            if not key.startswith("_") and not isinstance(value, (types.ModuleType, types.FunctionType, type)))
 
 
 def _last_line_in(error, filename):

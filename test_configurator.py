@@ -72,6 +72,34 @@ def test_config_file_errors_name_file_and_key(tmp_path, body, expected):
         assert text in str(e.value), f"{text!r} not in {str(e.value)!r}"
 
 
+def test_a_config_file_builds_on_another_with_include_from_its_own_folder(tmp_path):
+    (tmp_path / "presets" / "parts").mkdir(parents=True)
+    (tmp_path / "presets" / "parts" / "shape.py").write_text("batch_size = 8\nlearning_rate = 1e-3\n")
+    (tmp_path / "presets" / "base.py").write_text('include("parts/shape.py")\nout_dir = "base"\ncompile = True\n')
+    (tmp_path / "presets" / "sibling.py").write_text("bias = True\n")
+    variant = tmp_path / "presets" / "variant.py"
+    # after a nested include, the file's own include still names files from its own folder
+    variant.write_text('include("base.py")\ninclude("sibling.py")\nout_dir = "variant"\n'
+                       "learning_rate = learning_rate / 2\n")
+    c = configure(DEFAULTS, [str(variant), "--batch_size=4"])
+    assert c == DEFAULTS | dict(batch_size=4, learning_rate=5e-4, out_dir="variant", compile=True, bias=True), c
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('include("nope.py")\n', ["config file not found", "nope.py"]),
+    ('include("inner.py")\n', ["inner.py line 2", "NameError"]),
+    ('include("typo.py")\n', ["typo.py sets unknown key 'batch_sise'"]),
+])
+def test_include_errors_name_the_included_file(tmp_path, body, expected):
+    (tmp_path / "inner.py").write_text("batch_size = 3\nlearning_rate = undefined\n")
+    (tmp_path / "typo.py").write_text("batch_sise = 3\n")
+    (tmp_path / "outer.py").write_text(body)
+    with pytest.raises(UserError) as e:
+        configure(DEFAULTS, [str(tmp_path / "outer.py")])
+    for text in expected:
+        assert text in str(e.value), f"{text!r} not in {str(e.value)!r}"
+
+
 def test_format_config_marks_changes_and_shows_derived_values():
     text = configurator.format_config(configure(DEFAULTS, ["--batch_size=4"]), DEFAULTS,
                                       {"tokens_per_iter": "4 x 64 = 256"})

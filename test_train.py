@@ -53,6 +53,21 @@ def test_gpt2_block_after_a_preset_gives_back_exactly_the_preset_before_the_reci
     assert gpt2 == recipe | GPT2_BLOCK | PRE_RECIPE[preset], {k: v for k, v in gpt2.items() if v != recipe[k]}
 
 
+@pytest.mark.parametrize("variant, base, changes", [
+    ("train_tinystories_rope_swiglu.py", "train_tinystories.py",
+     dict(out_dir="out-tinystories-rope-swiglu", n_head=6, n_embd=384)),
+    ("train_tinystories_bpe.py", "train_tinystories_rope_swiglu.py",
+     dict(out_dir="out-tinystories-bpe", dataset="tinystories_bpe")),
+    ("train_tinystories_moe.py", "train_tinystories.py",
+     dict(out_dir="out-tinystories-moe", n_expert=4, n_expert_active=2, qk_norm=False)),
+])
+def test_each_tinystories_variant_is_its_base_preset_changed_only_where_it_says(variant, base, changes):
+    # the variants include() their base: the recipe and the batch arithmetic live in one file
+    settings = configure(train.DEFAULTS, [str(REPO / "config" / variant)])
+    base_settings = configure(train.DEFAULTS, [str(REPO / "config" / base)])
+    assert settings == base_settings | changes, {k: v for k, v in settings.items() if v != base_settings[k]}
+
+
 def test_gpt2_config_is_half_a_million_tokens_over_8_gpus():
     c = configure(train.DEFAULTS, [str(REPO / "config/train_gpt2.py")])
     tokens = c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"]

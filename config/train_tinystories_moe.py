@@ -9,44 +9,12 @@
 # tokens evenly, rising toward 2 (E/k) if two experts take them all. Short of memory? grad_checkpoint = True
 # recomputes each block's activations in backward instead of keeping them (~30% slower).
 
+include("train_tinystories.py")  # noqa: F821 (configurator gives config files include)
 out_dir = "out-tinystories-moe"
-dataset = "tinystories"
-eval_interval = 1000
-eval_iters = 100
-log_interval = 10
-always_save_checkpoint = True
-
-# 32 sequences x 512 tokens x 4 micro-batches = 65,536 tokens per iteration, as in train_tinystories.py
-gradient_accumulation_steps = 4
-batch_size = 32
-block_size = 512
-
-n_layer = 8
-n_head = 8
-n_embd = 512
-dropout = 0.0
-mlp = "swiglu"
 n_expert = 4
 n_expert_active = 2
 aux_loss_coef = 0.01  # Switch Transformer's value: enough to balance the experts, small next to the loss
 grad_checkpoint = False
-
-learning_rate = 1e-3
-max_iters = 20000
-lr_decay_iters = 20000
-min_lr = 1e-4
-beta2 = 0.99
-warmup_iters = 1000
-weight_decay = 0.1
-
-# The recipe (BENCH.md: found on the CPU shakespeare_char run, not yet measured at this size): Muon for
-# the blocks' weight matrices, AdamW for the embeddings, norms and the routers; rotary positions. Not
-# QK-norm: with RMSNorm and no biases this is the block export.py writes as a Hugging Face Mixtral,
-# which has no QK-norm.
-optimizer = "muon"
-muon_lr = 0.02  # Muon's usual peak; the CPU run trained alike at 0.015 and 0.02
-pos_emb = "rope"
+# The recipe with the routers among AdamW's parameters, and without QK-norm: with RMSNorm and no biases
+# this is the block export.py writes as a Hugging Face Mixtral, which has no QK-norm.
 qk_norm = False
-norm = "rmsnorm"
-bias = False
-# As before the recipe: --optimizer=adamw --pos_emb=learned --norm=layernorm --bias=True.
