@@ -81,15 +81,18 @@ def _apply_file(path, config, defaults):
     config.update(_settings(scope))
 
 
-def _run_file(file, scope, defaults):
+def _run_file(file, scope, defaults, including=()):
     """exec a config file in scope, then check what it set. In it, include("other.py") runs another
     config file (named from this one's folder) into the same scope, there: a preset builds on another
-    and changes only what differs, and what it sets after the include wins."""
+    and changes only what differs, and what it sets after the include wins. including: the files
+    whose include led here, outermost first."""
     if not file.is_file():
         hint = " (options are written --key=value)" if "=" in str(file) else ""
         raise UserError(f"config file not found: {file}{hint}")
+    if file.resolve() in [f.resolve() for f in including]:
+        raise UserError(f"config files include each other in a loop: {' -> '.join(map(str, [*including, file]))}")
     outer = scope.get("include")
-    scope["include"] = lambda name: _run_file(file.parent / name, scope, defaults)
+    scope["include"] = lambda name: _run_file(file.parent / name, scope, defaults, (*including, file))
     try:
         exec(compile(file.read_text(), str(file), "exec"), scope)
     except UserError:  # from an include: it already names its file

@@ -89,10 +89,12 @@ def test_a_config_file_builds_on_another_with_include_from_its_own_folder(tmp_pa
     ('include("nope.py")\n', ["config file not found", "nope.py"]),
     ('include("inner.py")\n', ["inner.py line 2", "NameError"]),
     ('include("typo.py")\n', ["typo.py sets unknown key 'batch_sise'"]),
+    ('include("loop.py")\n', ["include each other in a loop", "outer.py -> ", "loop.py -> ", "outer.py"]),
 ])
 def test_include_errors_name_the_included_file(tmp_path, body, expected):
     (tmp_path / "inner.py").write_text("batch_size = 3\nlearning_rate = undefined\n")
     (tmp_path / "typo.py").write_text("batch_sise = 3\n")
+    (tmp_path / "loop.py").write_text('include("outer.py")\n')
     (tmp_path / "outer.py").write_text(body)
     with pytest.raises(UserError) as e:
         configure(DEFAULTS, [str(tmp_path / "outer.py")])

@@ -5,6 +5,7 @@ writes it, conversations with their loss mask, and the command line's errors.
 import errno
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -111,7 +112,7 @@ def blank_separated_reference(text):
 def test_blank_separated_documents_match_a_line_by_line_reading_whatever_the_block_size(
         tmp_path, monkeypatch, read_chars):
     monkeypatch.setattr(sources, "READ_CHARS", read_chars)
-    rng = __import__("random").Random(read_chars)
+    rng = random.Random(read_chars)
     alphabet = ["a", "b", " ", " ", "\t", "\n", "\n", "\n", "\r", "\r\n", "\u2028", "\x0c", "\xa0", "é", "字"]
     for trial in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(60)))
