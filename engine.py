@@ -29,7 +29,8 @@ from tokenizer import TextStream, chat_prompt, check_chat_tokenizer
 class DecodingLinear(nn.Module):
     """nn.Linear's x W^T + b for decoding on a CPU, where one row per sequence meets every weight
     matrix and speed is set by how fast the weights stream from memory. W^T is stored cut into n
-    column blocks, (n, in, out/n), so that each of the n CPU threads streams a block of its own.
+    column blocks, (n, in, out/n), one under the other as .rows (n * in, out/n), so that each of
+    the n CPU threads streams a block of its own.
     - One row (decoding a single sequence): x W^T = sum_k x[k] W^T[k], a weighted sum of the rows
       of W^T, which is what F.embedding_bag computes (bag j: block j's rows, weighted by x), with a
       kernel that streams rows at close to the read bandwidth (F.linear runs a one-row product on
@@ -40,33 +41,38 @@ class DecodingLinear(nn.Module):
     def __init__(self, linear, n):
         super().__init__()
         out, inp = linear.weight.shape
-        self.out_features = out
+        self.n, self.in_features, self.out_features = n, inp, out
         weight = F.pad(linear.weight.detach(), (0, 0, 0, -out % n))  # (n * out/n, in): zero rows last
-        self.register_buffer("blocks", weight.view(n, -1, inp).transpose(1, 2).contiguous())  # (n, in, out/n)
+        # block j's W^T, (in, out/n), in rows j*in..(j+1)*in: what embedding_bag reads, and viewed as
+        # (n, in, out/n), what bmm reads
+        self.register_buffer("rows", weight.view(n, -1, inp).transpose(1, 2).reshape(n * inp, -1))
+        self.padded = weight.size(0)  # n * out/n
         bias = linear.bias
         if bias is not None:
-            bias = F.pad(bias.detach(), (0, -out % n)).view(n, 1, -1)  # (n, 1, out/n)
+            bias = F.pad(bias.detach(), (0, -out % n))  # (n * out/n,): the blocks' outputs side by side
         self.register_buffer("bias", bias)
-        # embedding_bag's view of the blocks: rows 0..n*in of (n*in, out/n), bag j starting at j*in
+        # embedding_bag's bags: bag j sums rows j*in..(j+1)*in
         self.register_buffer("row_ids", torch.arange(n * inp), persistent=False)
         self.register_buffer("bag_starts", torch.arange(0, n * inp, inp), persistent=False)
 
     def forward(self, x):
-        n, inp, width = self.blocks.shape
+        # a call per matrix per token: kept to the fewest tensor operations, each costing microseconds
+        n, inp = self.n, self.in_features
         if x.numel() == inp:  # one row
             weights = x.reshape(1, inp).expand(n, inp).reshape(-1)  # (n * in,): x once for every bag
-            y = F.embedding_bag(self.row_ids, self.blocks.view(n * inp, width), self.bag_starts,
-                                mode="sum", per_sample_weights=weights)  # (n, out/n)
-            y = y if self.bias is None else y + self.bias.view(n, width)  # (n, out/n)
+            y = F.embedding_bag(self.row_ids, self.rows, self.bag_starts, mode="sum",
+                                per_sample_weights=weights).view(1, -1)  # (1, n * out/n)
+            y = y if self.bias is None else y + self.bias  # (1, n * out/n)
         else:
             rows = x.reshape(-1, inp).expand(n, -1, -1)  # (n, M, in): a view, no copy
+            blocks = self.rows.view(n, inp, -1)  # (n, in, out/n)
             if self.bias is None:
-                y = torch.bmm(rows, self.blocks)  # (n, M, out/n)
+                y = torch.bmm(rows, blocks)  # (n, M, out/n)
             else:
-                y = torch.baddbmm(self.bias, rows, self.blocks)  # (n, M, out/n)
-            y = y.transpose(0, 1)  # (M, n, out/n)
-        y = y.reshape(*x.shape[:-1], n * width)  # (..., n * out/n): blocks side by side
-        return y[..., :self.out_features] if n * width != self.out_features else y  # (..., out)
+                y = torch.baddbmm(self.bias.view(n, 1, -1), rows, blocks)  # (n, M, out/n)
+            y = y.transpose(0, 1).reshape(rows.size(1), self.padded)  # (M, n * out/n): blocks side by side
+        y = y.view(*x.shape[:-1], self.padded)  # (..., n * out/n)
+        return y if self.padded == self.out_features else y[..., :self.out_features]  # (..., out)
 
 
 def prepare_for_decoding(model):
