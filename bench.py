@@ -85,6 +85,7 @@ BENCH_DEFAULTS = dict(
     tokenizer_corpus_mb=(10.0, 40.0),  # the corpora it learns from (the first is also tokenized)
     tokenizer_rounds=3,  # the tokenizer section's two ways take turns this often; medians reported
     payoff_vocab_size=4096,  # the payoff's BPE, against GPT-2's 50,257 tokens
+    payoff_corpus="tinystories_sample.txt",  # the payoff's text: a file of ../shared/data, or a path
     payoff_seconds=120.0,  # training time for each of the two models
     payoff_eval_iters=20,  # batches per evaluation (ten of them, spread over the time, not counted)
     device="auto",  # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
@@ -262,10 +263,11 @@ def bench_tokenizer(cfg):
 
 
 def bench_payoff(cfg, device):
-    """The CPU recipe's model on the TinyStories sample, with a BPE of payoff_vocab_size tokens and
-    with GPT-2's vocabulary: each trained for about payoff_seconds, then training tokens/s and val bits
-    per byte (ten evaluations spread over the time: the last and the best)."""
-    sample = SHARED_DATA / "tinystories_sample.txt"
+    """The CPU recipe's model on payoff_corpus (the TinyStories sample), with a BPE of
+    payoff_vocab_size tokens and with GPT-2's vocabulary: each trained for about payoff_seconds, then
+    training tokens/s and val bits per byte (ten evaluations spread over the time: the last and the
+    best)."""
+    sample = SHARED_DATA / cfg.payoff_corpus  # an absolute path stays itself
     if not sample.is_file():
         return {"skipped": f"no {sample}"}
     find_gpt2_files(os.environ)  # train.py's bits per byte reads GPT-2's BPE files (it inherits this)
@@ -276,7 +278,7 @@ def bench_payoff(cfg, device):
             measure_process([sys.executable, "prepare.py", f"--input={sample}", f"--out_dir={tmp}",
                              f"--name={name}", "--num_proc=1", *flags])
             runs[name] = train_for(cfg, device, Path(tmp, name))
-    return {"seconds_each": cfg.payoff_seconds, **runs,
+    return {"corpus": sample.name, "seconds_each": cfg.payoff_seconds, **runs,
             "tokens_per_s_ratio": runs["bpe"]["tokens_per_s"] / runs["gpt2"]["tokens_per_s"]}
 
 
@@ -499,6 +501,7 @@ def _payoff_rows(p):
     rows = [(f"{name}, {r['vocab_size']:,} tokens, {r['params'] / 1e6:.2f}M params, {r['seconds']:.0f} s",
              f"{r['tokens_per_s']:,.0f} tok/s, val {r['val_bpb']:.3f} bits/byte (best {r['best_val_bpb']:.3f})")
             for name, r in (("BPE", p["bpe"]), ("GPT-2", p["gpt2"]))]
+    rows.insert(0, ("text", p["corpus"]))
     return rows + [("training tokens/s, BPE / GPT-2", f"{p['tokens_per_s_ratio']:.1f}x")]
 
 
