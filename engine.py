@@ -43,47 +43,53 @@ class DecodingLinear(nn.Module):
         out, inp = linear.weight.shape
         self.n, self.in_features, self.out_features = n, inp, out
         weight = F.pad(linear.weight.detach(), (0, 0, 0, -out % n))  # (n * out/n, in): zero rows last
+        self.padded = weight.size(0)  # n * out/n
         # block j's W^T, (in, out/n), in rows j*in..(j+1)*in: what embedding_bag reads, and viewed as
         # (n, in, out/n), what bmm reads
-        self.register_buffer("rows", weight.view(n, -1, inp).transpose(1, 2).reshape(n * inp, -1))
-        self.padded = weight.size(0)  # n * out/n
-        bias = linear.bias
-        if bias is not None:
-            bias = F.pad(bias.detach(), (0, -out % n))  # (n * out/n,): the blocks' outputs side by side
-        self.register_buffer("bias", bias)
-        # embedding_bag's bags: bag j sums rows j*in..(j+1)*in
-        self.register_buffer("row_ids", torch.arange(n * inp), persistent=False)
-        self.register_buffer("bag_starts", torch.arange(0, n * inp, inp), persistent=False)
+        rows = weight.view(n, -1, inp).transpose(1, 2).reshape(n * inp, -1)  # (n * in, out/n)
+        ids = torch.arange(n * inp).view(n, inp)  # bag j: block j's rows...
+        self.has_bias = linear.bias is not None
+        if self.has_bias:  # ...then block j's part of the bias, one of n more rows, with weight 1
+            bias = F.pad(linear.bias.detach(), (0, -out % n)).view(n, -1)  # (n, out/n)
+            rows = torch.cat([rows, bias])  # (n * in + n, out/n)
+            ids = torch.cat([ids, torch.arange(n * inp, n * inp + n).view(n, 1)], dim=1)  # (n, in + 1)
+        self.register_buffer("rows", rows)
+        self.register_buffer("row_ids", ids.reshape(-1), persistent=False)
+        self.register_buffer("bag_starts", torch.arange(0, ids.numel(), ids.size(1)), persistent=False)
+        # what follows x in each bag's row weights: the bias row's 1, or nothing, (1,) or (0,)
+        self.register_buffer("one", torch.ones(int(self.has_bias)), persistent=False)
 
     def forward(self, x):
         # a call per matrix per token: kept to the fewest tensor operations, each costing microseconds
         n, inp = self.n, self.in_features
         if x.numel() == inp:  # one row
-            weights = x.reshape(1, inp).expand(n, inp).reshape(-1)  # (n * in,): x once for every bag
+            weights = torch.cat((x.reshape(inp), self.one) * n)  # (n * (in + 1) or n * in,)
             y = F.embedding_bag(self.row_ids, self.rows, self.bag_starts, mode="sum",
-                                per_sample_weights=weights).view(1, -1)  # (1, n * out/n)
-            y = y if self.bias is None else y + self.bias  # (1, n * out/n)
+                                per_sample_weights=weights)  # (n, out/n): bag j, block j's outputs
         else:
             rows = x.reshape(-1, inp).expand(n, -1, -1)  # (n, M, in): a view, no copy
-            blocks = self.rows.view(n, inp, -1)  # (n, in, out/n)
-            if self.bias is None:
-                y = torch.bmm(rows, blocks)  # (n, M, out/n)
+            blocks = self.rows[:n * inp].view(n, inp, -1)  # (n, in, out/n)
+            if self.has_bias:
+                y = torch.baddbmm(self.rows[n * inp:].view(n, 1, -1), rows, blocks)  # (n, M, out/n)
             else:
-                y = torch.baddbmm(self.bias.view(n, 1, -1), rows, blocks)  # (n, M, out/n)
-            y = y.transpose(0, 1).reshape(rows.size(1), self.padded)  # (M, n * out/n): blocks side by side
-        y = y.view(*x.shape[:-1], self.padded)  # (..., n * out/n)
+                y = torch.bmm(rows, blocks)  # (n, M, out/n)
+            y = y.transpose(0, 1)  # (M, n, out/n)
+        y = y.reshape(*x.shape[:-1], self.padded)  # (..., n * out/n): the blocks side by side
         return y if self.padded == self.out_features else y[..., :self.out_features]  # (..., out)
 
 
 def prepare_for_decoding(model):
     """Swap every nn.Linear of the model, the output layer included, for a DecodingLinear with the
-    same weights. The output layer becomes a copy of the token embedding rather than the tied
+    same weights, and every nn.Dropout (which does nothing in eval mode, at the cost of a call) for
+    nn.Identity. The output layer becomes a copy of the token embedding rather than the tied
     parameter, so the model is for inference only after this. Returns the model."""
     threads = torch.get_num_threads()
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.Linear):
                 setattr(module, name, DecodingLinear(child, threads))
+            elif isinstance(child, nn.Dropout):
+                setattr(module, name, nn.Identity())
     return model
 
 

@@ -91,10 +91,8 @@ class KVCache:
         if self.buffers[layer] is None:
             self.buffers[layer] = k.new_empty(2, B, nh, self.max_len, hs)
         buf = self.buffers[layer]
-        end = self.pos + T
-        buf[0, :, :, self.pos:end] = k
-        buf[1, :, :, self.pos:end] = v
-        return buf[0, :, :, :end], buf[1, :, :, :end]  # (B, nh, end, hs) each
+        buf.narrow(3, self.pos, T).copy_(torch.stack((k, v)))  # (2, B, nh, T, hs)
+        return buf.narrow(3, 0, self.pos + T).unbind(0)  # (B, nh, pos + T, hs) each
 
 
 def explicit_attention(q, k, v, dropout_p=0.0, mask=None):
@@ -172,7 +170,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = tokens so far
             mask = cache.mask
         y = self.attend(q, k, v, self.dropout if self.training else 0.0, mask)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
 
@@ -385,11 +383,12 @@ class GPT(nn.Module):
         if isinstance(start, int) and start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size "
                              f"{self.config.block_size}")
-        pos = start + torch.arange(T, device=idx.device)  # (T,) or (B, T)
+        # the rows of the position tables to use: a slice when all rows share them (no copy), else (B, T)
+        pos = slice(start, start + T) if isinstance(start, int) else start + torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.transformer.wpe is not None:
-            x = x + self.transformer.wpe(pos)  # + (T, C) or (B, T, C)
+            x = x + self.transformer.wpe.weight[pos]  # + (T, C) or (B, T, C)
         else:  # the rotations for these positions, which every attention layer applies
             # (1, T, hs/2) or (B, 1, T, hs/2) each: broadcast over the heads
             rope = self.rope_cos[pos].unsqueeze(-3), self.rope_sin[pos].unsqueeze(-3)

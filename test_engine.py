@@ -34,7 +34,7 @@ def test_decoding_linear_computes_what_nn_linear_does(n):
 
 
 @pytest.mark.parametrize("variant", [{}, dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", n_expert=4)])
-def test_prepare_for_decoding_swaps_every_linear_and_logits_stay_the_same(variant):
+def test_prepare_for_decoding_swaps_every_linear_and_dropout_and_logits_stay_the_same(variant):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, **variant)).eval()
     idx = torch.randint(0, 50, (2, 9))
@@ -43,7 +43,7 @@ def test_prepare_for_decoding_swaps_every_linear_and_logits_stay_the_same(varian
         ready_for_decoding(model)
         got = model(idx)[0]
     kinds = {type(m).__name__ for m in model.modules()}
-    assert "Linear" not in kinds and "DecodingLinear" in kinds, kinds
+    assert "Linear" not in kinds and "DecodingLinear" in kinds and "Dropout" not in kinds, kinds
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max().item()
 
 
