@@ -25,6 +25,11 @@ def test_bench_quick_runs_and_writes_every_section(tmp_path):
         assert data["sample"][run]["tokens_per_s"] > 0, data["sample"]
     assert data["sample"]["ratios"]["past_block_over_within"] > 0, data["sample"]
     assert data["sample"]["memory_bound_tokens_per_s"] > 0 and data["cpu"]["matmul_gflops"] > 0
+    # the bound comes from the faster of the two bandwidth readings that bracket the timed decodings
+    reads = data["sample"]["memory_gb_s_before_after"]
+    assert len(reads) == 2 and min(reads) > 0, reads
+    bound = max(reads) * 1e9 / (data["sample"]["weight_mb"] * 1e6)
+    assert abs(data["sample"]["memory_bound_tokens_per_s"] - bound) < 1e-6 * bound, (bound, data["sample"])
     if "skipped" in data["prepare"]:  # only for want of the sample corpora or GPT-2's BPE files
         assert not ((SHARED / "data").is_dir() and GPT2_FILES), data["prepare"]
     else:
