@@ -30,11 +30,12 @@ class DecodingLinear(nn.Module):
     """nn.Linear's x W^T + b for decoding on a CPU, where one row per sequence meets every weight
     matrix and speed is set by how fast the weights stream from memory. W^T is stored cut into n
     column blocks, (n, in, out/n), one under the other as .rows (n * in, out/n), so that each of
-    the n CPU threads streams a block of its own.
-    - One row (decoding a single sequence): x W^T = sum_k x[k] W^T[k], a weighted sum of the rows
-      of W^T, which is what F.embedding_bag computes (bag j: block j's rows, weighted by x), with a
-      kernel that streams rows at close to the read bandwidth (F.linear runs a one-row product on
-      one core, in a layout that streams far slower; BENCH.md has the figures).
+    the n CPU threads streams a block of its own; the bias, cut the same way, is n more rows.
+    - One row (decoding a single sequence): x W^T + b = sum_k x[k] W^T[k] + 1 * b, a weighted sum
+      of rows, which is what F.embedding_bag computes (bag j: block j's rows weighted by x, then its
+      bias row weighted by 1), with a kernel that streams rows at close to the read bandwidth
+      (F.linear runs a one-row product on one core, in a layout that streams far slower; BENCH.md
+      has the figures).
     - Several rows (a batch, a prompt): one bmm, which reads each block once for all the rows.
     out is zero-padded to a multiple of n; the extra outputs are cut off."""
 
