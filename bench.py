@@ -28,7 +28,8 @@ Sections:
   payoff   the CPU recipe's model on the TinyStories sample with a 4,096-token BPE and with GPT-2's
            vocabulary, each trained for the same wall time: training tokens/s and val bits per byte.
   cpu      the matmul peak that MFU on a CPU is measured against, and the memory bandwidth that
-           bounds decoding (each new token reads every weight once).
+           bounds decoding (each new token reads every weight once; the sample section also states
+           the bound for the bytes the decoding layout reads, with its output layer in float16).
   serve    serve.py under load: 1 streaming client, then 8 at once, on a 6-layer, 384-wide model:
            tokens/s in all and per client, time to first token, replies whole or lost; 8 clients
            batched against 1 client alone, and against 8 served one at a time (--max_batch=1).
@@ -143,7 +144,8 @@ def write_recipe(folder):
 def bench_sample(cfg, device):
     """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed; past the
     context window; and Hugging Face's cached generate on the same weights, when installed."""
-    from engine import SAMPLING, ready_for_decoding
+    from decoding import ready_for_decoding
+    from engine import SAMPLING
 
     torch.manual_seed(cfg.seed)
     shape = QUICK_SAMPLE_MODEL if cfg.quick else SAMPLE_MODEL
@@ -154,6 +156,9 @@ def bench_sample(cfg, device):
     repeats = 1 if cfg.quick else 5  # cached runs take seconds: a median of five evens out a noisy machine
     hf_model = hugging_face_copy(model) if device == "cpu" and cfg.dtype == "float32" else None
     model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
+    # sampling with top_k, the CPU decoding layout reads its float32 output layer in float16 instead
+    # (decoding.ScreenedOutput), and a few float32 rows of it
+    read_bytes = weight_bytes - (model.lm_head.weight.numel() * 2 if hasattr(model.lm_head, "screen") else 0)
     one = torch.zeros(1, 1, dtype=torch.long, device=device)  # a one-token prompt
     eight = torch.zeros(8, 1, dtype=torch.long, device=device)
     # the same weights with a quarter of the context: the new tokens run past it (GPT.generate_stream
@@ -179,11 +184,12 @@ def bench_sample(cfg, device):
     rate = {key: run["tokens_per_s"] for key, run in runs.items()}
     ratios = {"cache_batch1_over_hf": rate["cache_batch1"] / rate.get("hf_generate_batch1", float("nan")),
               "cache_batch1_share_of_bound": rate["cache_batch1"] / bound,
+              "cache_batch1_share_of_read_bound": rate["cache_batch1"] / (max(reads) / read_bytes),
               "past_block_over_within": rate["cache_batch1_past_block"] / rate["cache_batch1"],
               "batch8_over_batch1": rate["cache_batch8"] / rate["cache_batch1"]}
     return {"model": shape, "params": params, "new_tokens": cfg.new_tokens, "prompt_tokens": 1,
             "sampling": settings, "past_block_size": short.config.block_size, **runs, "ratios": ratios,
-            "weight_mb": weight_bytes / 1e6, "memory_bound_tokens_per_s": bound,
+            "weight_mb": weight_bytes / 1e6, "read_mb": read_bytes / 1e6, "memory_bound_tokens_per_s": bound,
             "memory_gb_s_before_after": [r / 1e9 for r in reads],
             "targets": {} if cfg.quick else DECODING_TARGETS}
 
@@ -443,6 +449,7 @@ def _train_rows(t):
 def _sample_rows(s):
     names = {"cache_batch1_over_hf": "cached batch 1 / Hugging Face's cached generate",
              "cache_batch1_share_of_bound": "cached batch 1 / memory-bound limit",
+             "cache_batch1_share_of_read_bound": "cached batch 1 / the limit for the bytes it reads",
              "past_block_over_within": f"past the context (block {s['past_block_size']}) / within it",
              "batch8_over_batch1": "batch 8 / batch 1 (cached)"}
     rows = []
@@ -455,7 +462,8 @@ def _sample_rows(s):
                          "cache_batch8", "no_cache_batch8", "cache_batch1_float16") if key in s]
     reads = " and ".join(f"{r:.0f}" for r in s["memory_gb_s_before_after"])
     return rows + [("memory-bound limit, batch 1",
-                    f"{s['memory_bound_tokens_per_s']:.1f} tok/s (the faster of {reads} GB/s, before and after)")]
+                    f"{s['memory_bound_tokens_per_s']:.1f} tok/s (the faster of {reads} GB/s, before and after, "
+                    f"over {s['weight_mb']:.0f} MB of weights; decoding reads {s['read_mb']:.0f} MB)")]
 
 
 def _prepare_rows(p):

@@ -1,8 +1,7 @@
-"""Inference: a trained model made ready for fast decoding, and text generated from it.
+"""Inference: text generated from a trained model (laid out for decoding by decoding.py).
 
 sample.py (the terminal) and serve.py (HTTP) both run models through here:
 
-    ready_for_decoding(model, device, dtype)   eval mode, cast once, the CPU decoding layout
     stream_text(model, tok, ids, settings)     one continuation as text pieces, as tokens arrive
     generate_texts(...)                        several continuations, decoded as one batch
     check_settings, ReplyText                  a request's settings; its tokens as the text to show
@@ -15,103 +14,10 @@ import sys
 import threading
 
 import torch
-import torch.nn as nn
-from torch.nn import functional as F
 
 from configurator import UserError
 from model import KVCache, sample_logits
 from tokenizer import TextStream, chat_prompt, check_chat_tokenizer
-
-# -----------------------------------------------------------------------------
-# The CPU decoding layout
-
-
-class DecodingLinear(nn.Module):
-    """nn.Linear's x W^T + b for decoding on a CPU, where one row per sequence meets every weight
-    matrix and speed is set by how fast the weights stream from memory. W^T is stored cut into n
-    column blocks, (n, in, out/n), one under the other as .rows (n * in, out/n), so that each of
-    the n CPU threads streams a block of its own; the bias, cut the same way, is n more rows.
-    - One row (decoding a single sequence): x W^T + b = sum_k x[k] W^T[k] + 1 * b, a weighted sum
-      of rows, which is what F.embedding_bag computes (bag j: block j's rows weighted by x, then its
-      bias row weighted by 1), with a kernel that streams rows at close to the read bandwidth
-      (F.linear runs a one-row product on one core, in a layout that streams far slower; BENCH.md
-      has the figures).
-    - Several rows (a batch, a prompt): one bmm, which reads each block once for all the rows.
-    out is zero-padded to a multiple of n; the extra outputs are cut off."""
-
-    def __init__(self, linear, n):
-        super().__init__()
-        out, inp = linear.weight.shape
-        self.n, self.in_features, self.out_features = n, inp, out
-        weight = F.pad(linear.weight.detach(), (0, 0, 0, -out % n))  # (n * out/n, in): zero rows last
-        self.padded = weight.size(0)  # n * out/n
-        # block j's W^T, (in, out/n), in rows j*in..(j+1)*in: what embedding_bag reads, and viewed as
-        # (n, in, out/n), what bmm reads
-        rows = weight.view(n, -1, inp).transpose(1, 2).reshape(n * inp, -1)  # (n * in, out/n)
-        ids = torch.arange(n * inp).view(n, inp)  # bag j: block j's rows...
-        self.has_bias = linear.bias is not None
-        if self.has_bias:  # ...then block j's part of the bias, one of n more rows, with weight 1
-            bias = F.pad(linear.bias.detach(), (0, -out % n)).view(n, -1)  # (n, out/n)
-            rows = torch.cat([rows, bias])  # (n * in + n, out/n)
-            ids = torch.cat([ids, torch.arange(n * inp, n * inp + n).view(n, 1)], dim=1)  # (n, in + 1)
-        self.register_buffer("rows", rows)
-        self.register_buffer("row_ids", ids.reshape(-1), persistent=False)
-        self.register_buffer("bag_starts", torch.arange(0, ids.numel(), ids.size(1)), persistent=False)
-        # what follows x in each bag's row weights: the bias row's 1, or nothing, (1,) or (0,)
-        self.register_buffer("one", torch.ones(int(self.has_bias)), persistent=False)
-
-    def forward(self, x):
-        # a call per matrix per token: kept to the fewest tensor operations, each costing microseconds
-        n, inp = self.n, self.in_features
-        if x.numel() == inp:  # one row
-            weights = torch.cat((x.reshape(inp), self.one) * n)  # (n * (in + 1) or n * in,)
-            y = F.embedding_bag(self.row_ids, self.rows, self.bag_starts, mode="sum",
-                                per_sample_weights=weights)  # (n, out/n): bag j, block j's outputs
-        else:
-            rows = x.reshape(-1, inp).expand(n, -1, -1)  # (n, M, in): a view, no copy
-            blocks = self.rows[:n * inp].view(n, inp, -1)  # (n, in, out/n)
-            if self.has_bias:
-                y = torch.baddbmm(self.rows[n * inp:].view(n, 1, -1), rows, blocks)  # (n, M, out/n)
-            else:
-                y = torch.bmm(rows, blocks)  # (n, M, out/n)
-            y = y.transpose(0, 1)  # (M, n, out/n)
-        y = y.reshape(*x.shape[:-1], self.padded)  # (..., n * out/n): the blocks side by side
-        return y if self.padded == self.out_features else y[..., :self.out_features]  # (..., out)
-
-
-def prepare_for_decoding(model):
-    """Swap every nn.Linear of the model, the output layer included, for a DecodingLinear with the
-    same weights, and every nn.Dropout (which does nothing in eval mode, at the cost of a call) for
-    nn.Identity. The output layer becomes a copy of the token embedding rather than the tied
-    parameter, so the model is for inference only after this. Returns the model."""
-    threads = torch.get_num_threads()
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                setattr(module, name, DecodingLinear(child, threads))
-            elif isinstance(child, nn.Dropout):
-                setattr(module, name, nn.Identity())
-    return model
-
-
-def ready_for_decoding(model, device="cpu", dtype="float32", compile=False):
-    """The model as sample.py and serve.py run it: eval mode, on device, in dtype, laid out for
-    decoding."""
-    # inference only: casting the weights once halves the bytes each token reads in 16-bit, where
-    # autocast would convert every weight again on every call
-    model.eval().to(device=device, dtype=getattr(torch, dtype))
-    # float32 weights get the blocked layout; 16-bit ones keep F.linear, since DecodingLinear's bmm
-    # has no fast 16-bit path on a CPU (prompts would read many times slower)
-    if device == "cpu" and dtype == "float32":
-        prepare_for_decoding(model)
-    if compile:  # slow to start; on a CPU it did not decode faster (the matmuls already dominate)
-        # a graph per block and kind of call (prefill, one token): the blocks differ in layer_idx
-        limit = torch._dynamo.config.recompile_limit
-        torch._dynamo.config.recompile_limit = max(limit, 4 * len(model.transformer.h))
-        for block in model.transformer.h:
-            block.compile(dynamic=True)  # dynamic: one graph serves every cache length
-    return model
-
 
 # -----------------------------------------------------------------------------
 # Text out
@@ -463,7 +369,7 @@ class Engine:
         self.cache.add(cache, row)
         if row is None:
             self.active.append(request)
-        self._take(request, self.model.lm_head(x))  # (1, V)
+        self._take(request, x)
 
     def _restart_full_windows(self):
         """A row whose cache is full restarts its window at its last tokens, as GPT.generate_stream
@@ -481,15 +387,21 @@ class Engine:
         tokens = torch.tensor([[self.active[i].ids[-1]] for i in rows], device=self.device)  # (n, 1)
         self.cache.begin_step(rows)
         x = self.model.hidden_states(tokens, self.cache)[:, -1]  # (n, C)
-        logits = self.model.lm_head(x)  # (n, V)
+        if len(rows) == 1:  # its top_k logits alone may cost less than all of them (GPT.top_logits)
+            self._take(self.active[rows[0]], x)
+            return
+        logits = self.model.lm_head(x)  # (n, V): every row's, in one read of the weights
         for j, i in enumerate(rows):
-            self._take(self.active[i], logits[j:j + 1])
+            self._take(self.active[i], logits=logits[j:j + 1])
 
-    def _take(self, request, logits):
-        """Draw a request's next token from its logits (1, V), with its own settings and generator."""
+    def _take(self, request, x=None, logits=None):
+        """Draw a request's next token, with its own settings and generator, from its last hidden
+        state x (1, C) or from its logits (1, V)."""
         s = request.settings
-        token = sample_logits(logits, s["temperature"], s["top_k"] or None, s["top_p"],
-                              request.generator).item()
+        top_k, ids = s["top_k"] or None, None
+        if logits is None:
+            logits, ids = self.model.top_logits(x, top_k)  # (1, V) and None, or (1, k) each
+        token = sample_logits(logits, s["temperature"], top_k, s["top_p"], request.generator, ids).item()
         request.ids.append(token)
         request.made += 1
         if token == self.tok.eot_token:

@@ -104,7 +104,8 @@ def gpu_vocab(cfg, device, tmp):
 
 def gpu_sample(cfg, device, tmp):
     """Decoding tokens/s with the KV cache, batch 1 and 8, of two random models."""
-    from engine import SAMPLING, ready_for_decoding
+    from decoding import ready_for_decoding
+    from engine import SAMPLING
 
     shapes = {"sample_model": SAMPLE_MODEL, "gpt2_124m": dict(vocab_size=50257)}  # GPTConfig's defaults: 124M
     settings = {k: SAMPLING[k] for k in ("temperature", "top_k", "top_p")}

@@ -4,7 +4,7 @@ The config; attention with its KV cache; the feed-forward layers (GELU MLP, SwiG
 Experts); the pre-norm Transformer block; sampling from logits; and the GPT itself: forward (logits
 and loss) and generate (KV-cache decoding). The defaults are GPT-2; each variant (RoPE, QK-norm,
 SwiGLU, RMSNorm, MoE, gradient checkpointing) sits beside the part it replaces. Optimizers live in
-optim.py, checkpoints in checkpoint.py, the CPU decoding layout in engine.py, Hugging Face in hf.py.
+optim.py, checkpoints in checkpoint.py, the CPU decoding layout in decoding.py, Hugging Face in hf.py.
 
 Shapes: B = batch, T = time (tokens), C = n_embd, nh = n_head, hs = head size (C // nh), V = vocab.
 References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017).
@@ -308,16 +308,17 @@ def filter_logits(logits, top_k=None, top_p=None):
 GREEDY_BELOW = 1e-4  # temperatures under this pick the likeliest token (see sample_logits)
 
 
-def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None, ids=None):
     """Pick the next token from logits (B, V): greedy at temperature 0, else sample (from torch's
-    global random numbers, or the given torch.Generator's). Temperatures below GREEDY_BELOW count as
+    global random numbers, or the given torch.Generator's). Given ids (B, k), logits (B, k) are those
+    tokens' logits only: the top_k already taken (GPT.top_logits). Temperatures below GREEDY_BELOW count as
     0: dividing by them could overflow float32 logits to inf (and the probabilities to NaN), and the
     draw is all but greedy there anyway, since a token trailing the best by even 0.01 in logit is
     exp(-100) times as likely."""
     if temperature < GREEDY_BELOW:
-        return logits.argmax(dim=-1)  # (B,)
-    ids = None
-    if top_k is not None and top_k < logits.size(-1):
+        choice = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        return (choice if ids is None else ids.gather(-1, choice))[:, 0]  # (B,)
+    if ids is None and top_k is not None and top_k < logits.size(-1):
         # keep just the k best: the softmax and the draw then cost k entries, not V (with GPT-2's
         # 50k-token vocabulary a full-width draw is a noticeable share of a CPU decoding step)
         logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k) each
@@ -433,7 +434,7 @@ class GPT(nn.Module):
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                         eos_token=None):
         """Yield the next token of every row, (B,), one step at a time, using the KV cache. Call
-        model.eval() first (engine.ready_for_decoding does). A row that has produced eos_token keeps
+        model.eval() first (decoding.ready_for_decoding does). A row that has produced eos_token keeps
         yielding it; the stream ends once every row has. Random draws use torch's global RNG.
 
         The context window. Each token is predicted from the tokens since the window's start: at
@@ -458,8 +459,8 @@ class GPT(nn.Module):
                 x = self.hidden_states(idx[:, -keep:], cache)[:, -1]  # (B, C)
             else:  # one new token against the cached ones
                 x = self.hidden_states(idx[:, -1:], cache)[:, -1]  # (B, C)
-            logits = self.lm_head(x)  # (B, V)
-            next_token = sample_logits(logits, temperature, top_k, top_p)  # (B,)
+            logits, ids = self.top_logits(x, top_k)  # (B, V) and None, or the top_k: (B, k) each
+            next_token = sample_logits(logits, temperature, top_k, top_p, ids=ids)  # (B,)
             if eos_token is not None:
                 next_token = next_token.masked_fill(done, eos_token)
                 done |= next_token == eos_token
@@ -467,6 +468,14 @@ class GPT(nn.Module):
             yield next_token
             if eos_token is not None and done.all():
                 return
+
+    def top_logits(self, x, top_k=None):
+        """What sampling reads of the logits of hidden states x (B, C): all of them (B, V), with ids
+        None; or, when top_k is given and the output layer can find the top_k largest without the
+        rest (decoding.ScreenedOutput, in the CPU decoding layout), just those (B, k) and their ids."""
+        if top_k is not None and top_k < self.config.vocab_size and hasattr(self.lm_head, "top_logits"):
+            return self.lm_head.top_logits(x, top_k)
+        return self.lm_head(x), None
 
     def window_restart(self):
         """How many of the latest tokens a full context window restarts from (see generate_stream)."""

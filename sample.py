@@ -7,7 +7,7 @@
 
 One sample streams to the terminal token by token; several are generated together as one batch and
 printed when done. Decoding uses the model's KV cache (GPT.generate_stream), so each new token costs
-one pass over the weights, not a pass over the whole context; engine.py lays the model out for it.
+one pass over the weights, not a pass over the whole context; decoding.py lays the model out for it.
 Settings: the DEFAULTS below, changed with --key=value flags or config files, as in train.py.
 """
 import sys
@@ -19,7 +19,8 @@ import torch
 import configurator
 from checkpoint import load_model
 from configurator import UserError, pick_device, pick_dtype
-from engine import SAMPLING, Engine, generate_texts, ready_for_decoding, stream_text
+from decoding import ready_for_decoding
+from engine import SAMPLING, Engine, generate_texts, stream_text
 from tokenizer import load_tokenizer
 
 DEFAULTS = dict(

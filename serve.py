@@ -42,7 +42,8 @@ from starlette.exceptions import HTTPException
 import configurator
 from checkpoint import load_model
 from configurator import UserError, pick_device, pick_dtype
-from engine import MAX_NEW_TOKENS, SAMPLING, Engine, QueueFull, ReplyText, check_settings, ready_for_decoding
+from decoding import ready_for_decoding
+from engine import MAX_NEW_TOKENS, SAMPLING, Engine, QueueFull, ReplyText, check_settings
 from tokenizer import ROLES, load_tokenizer, message_problem
 
 DEFAULTS = dict(

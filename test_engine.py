@@ -1,8 +1,7 @@
-"""Tests of engine.py, in its order: the CPU decoding layout gives the same numbers, stream_text
-yields whole characters, and the Engine fits chat prompts into the context and knows when its
+"""Tests of engine.py, in its order: stream_text yields whole characters, and the Engine batches
+requests without changing what each gets, fits chat prompts into the context and knows when its
 vocabulary cannot chat.
 """
-import copy
 import queue
 import time
 
@@ -10,68 +9,12 @@ import pytest
 import torch
 
 import sample
-from conftest import CHAR_META, char_tokenizer, greedy_ids, tiny_engine, tiny_variant
+from conftest import char_tokenizer, greedy_ids, tiny_engine, tiny_variant
 from configurator import UserError
-from engine import (DecodingLinear, Engine, QueueFull, ReplyText, prepare_for_decoding, ready_for_decoding,
-                    stream_text)
-from model import GPT, GPTConfig
+from decoding import ready_for_decoding
+from engine import Engine, QueueFull, ReplyText, stream_text
+from model import GPTConfig
 from tokenizer import check_chat_tokenizer, load_tokenizer
-
-# -----------------------------------------------------------------------------
-# The CPU decoding layout
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 5])
-def test_decoding_linear_computes_what_nn_linear_does(n):
-    torch.manual_seed(0)
-    for linear in (torch.nn.Linear(8, 12), torch.nn.Linear(8, 12, bias=False)):
-        blocked = DecodingLinear(linear, n)  # n = 5: 12 outputs need 3 zero-padded ones
-        for x in (torch.randn(3, 5, 8), torch.randn(1, 1, 8), torch.randn(8), torch.randn(0, 8)):
-            with torch.no_grad():
-                want, got = linear(x), blocked(x)
-            assert got.shape == want.shape, (got.shape, want.shape)
-            assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max().item()
-
-
-@pytest.mark.parametrize("variant", [{}, dict(pos_emb="rope", mlp="swiglu", norm="rmsnorm", n_expert=4)])
-def test_prepare_for_decoding_swaps_every_linear_and_dropout_and_logits_stay_the_same(variant):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, **variant)).eval()
-    idx = torch.randint(0, 50, (2, 9))
-    with torch.no_grad():
-        want = model(idx)[0]
-        ready_for_decoding(model)
-        got = model(idx)[0]
-    kinds = {type(m).__name__ for m in model.modules()}
-    assert "Linear" not in kinds and "DecodingLinear" in kinds and "Dropout" not in kinds, kinds
-    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max().item()
-
-
-@pytest.mark.parametrize("threads", [1, 3])
-def test_decoding_layout_greedy_decodes_like_the_plain_model_for_any_thread_count(char_run, threads):
-    _, model = char_run  # vocabulary 62: 3 threads need a zero-padded last block of the output layer
-    ids = load_tokenizer(CHAR_META).encode("hello")
-    want = greedy_ids(model, ids, 30)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fast = prepare_for_decoding(copy.deepcopy(model))
-        got = torch.cat(list(fast.generate_stream(torch.tensor([ids]), 30, temperature=0))).tolist()
-    finally:
-        torch.set_num_threads(before)
-    assert got == want, (got, want)
-
-
-def test_float16_on_cpu_keeps_plain_linears_and_greedy_matches_no_cache_decoding():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16))
-    model = ready_for_decoding(model, "cpu", "float16")  # the blocked layout is slow in 16-bit
-    kinds = {type(m).__name__ for m in model.modules()}
-    assert "DecodingLinear" not in kinds and next(model.parameters()).dtype == torch.float16, kinds
-    ids = [3, 1, 4, 1, 5]
-    got = torch.cat(list(model.generate_stream(torch.tensor([ids]), 20, temperature=0))).tolist()
-    assert got == greedy_ids(model, ids, 20), got
-
 
 # -----------------------------------------------------------------------------
 # Text out
@@ -187,8 +130,11 @@ def test_batched_greedy_decoding_gives_each_request_exactly_what_it_gets_alone(v
         assert tokens == want, (tok.decode(prompt), tok.decode(tokens), tok.decode(want))
 
 
-def test_a_seeded_request_in_a_batch_samples_what_sample_py_samples_with_that_seed():
+@pytest.mark.parametrize("layout", ["plain", "decoding"])
+def test_a_seeded_request_in_a_batch_samples_what_sample_py_samples_with_that_seed(layout):
     engine = tiny_engine(seed=1, block_size=32, max_batch=4)
+    if layout == "decoding":  # as serve.py runs it: alone, its top_k come screened (ScreenedOutput)
+        ready_for_decoding(engine.model)
     settings = dict(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=40, seed=7)
     prompt = engine.tok.encode("Once")
     torch.manual_seed(7)  # as sample.py --seed=7 does

@@ -313,6 +313,26 @@ def test_top_k_sampling_draws_only_the_k_best_in_softmax_proportions():
     assert set(drawn.tolist()) == {1, 4}, set(drawn.tolist())
 
 
+def test_logits_already_cut_to_the_top_k_draw_what_the_full_logits_draw():
+    logits = torch.randn(8, 300)
+    top, ids = logits.topk(20)  # (8, 20) each, as GPT.top_logits may give them
+    for temperature, top_p in ((0.0, None), (0.7, None), (1.0, 0.9)):
+        torch.manual_seed(5)
+        want = M.sample_logits(logits, temperature, top_k=20, top_p=top_p)
+        torch.manual_seed(5)
+        got = M.sample_logits(top, temperature, top_k=20, top_p=top_p, ids=ids)
+        assert torch.equal(got, want), (temperature, got, want)
+    assert not torch.equal(want, M.sample_logits(top, 1.0, top_k=20, top_p=0.9)), "ids were not used"
+
+
+def test_a_plain_gpt_gives_sampling_every_logit():
+    model = tiny_model()
+    x = torch.randn(2, model.config.n_embd)
+    with torch.no_grad():
+        logits, ids = model.top_logits(x, top_k=5)
+        assert ids is None and torch.equal(logits, model.lm_head(x)), logits.shape
+
+
 # -----------------------------------------------------------------------------
 # The GPT: parameters and the forward pass
 
@@ -505,7 +525,8 @@ def record_decoding_logits(monkeypatch):
     """Make generation greedy and record the logits it decides from at each step."""
     seen = []
 
-    def greedy(logits, temperature=1.0, top_k=None, top_p=None):
+    def greedy(logits, temperature=1.0, top_k=None, top_p=None, ids=None):
+        assert ids is None  # generated without top_k: every logit
         seen.append(logits.clone())
         return logits.argmax(dim=-1)
 
