@@ -67,16 +67,17 @@ def test_screened_output_finds_the_k_largest_logits_that_float16_alone_gets_wron
 
 @pytest.mark.parametrize("case", ["random", "near ties"])
 def test_screened_output_keeps_every_token_that_may_be_in_the_top_k_and_few_others(case):
-    if case == "random":  # a handful more than k: they are among the 2k largest screened logits
+    if case == "random":  # the screen's error is small beside the logits' spread: a few more than k
         torch.manual_seed(1)
         linear, x, k = torch.nn.Linear(64, 3000, bias=False), torch.randn(1, 64), 50
-    else:  # 400 logits within the screen's error: more than 2k, found by comparing all of them
+        most = 1.2 * k
+    else:  # 400 logits within the screen's error of each other: all of them, and few others
         (linear, x, _), k = near_ties(), 150
+        most = 450
     with torch.no_grad():
         candidates = ScreenedOutput(linear, 2).candidates(x, k).tolist()
     assert top_ids(linear, x, k) <= set(candidates) and len(set(candidates)) == len(candidates)
-    assert (len(candidates) < 2 * k) == (case == "random"), len(candidates)
-    assert len(candidates) < (1.2 * k if case == "random" else 450), len(candidates)
+    assert len(candidates) <= most and (case == "random" or len(candidates) >= 400), len(candidates)
 
 
 def test_screened_output_computes_every_logit_when_float16_cannot_screen(monkeypatch):
