@@ -76,9 +76,9 @@ class ScreenedOutput(DecodingLinear):
     1. Every logit is computed from a float16 copy of the weights: a, off the exact logit by at most
        e + U |a|, a bound proven from the rounding errors (worked out below; e is computed for
        each x, and U is float16's rounding of a).
-    2. That bound grows with a, so the k tokens with the largest a have exact logits of at least
-       low = (k-th largest a) - U |k-th largest a| - e, and so has the k-th largest exact logit. A
-       token whose a + e + U |a| is below low cannot be among the k largest.
+    2. Take any t at most the k-th largest a. At least k tokens have a >= t, so exact logits of at
+       least low = t - U |t| - e (a - U |a| grows with a), and so has the k-th largest exact logit.
+       A token whose a + e + U |a| is below low cannot be among the k largest.
     3. The tokens left, usually a few more than k, are computed again from the float32 weights, and
        their k largest taken.
     So the k largest logits are those of the float32 product (to float32 rounding, which also
@@ -130,11 +130,11 @@ class ScreenedOutput(DecodingLinear):
             return None
         e = part + ((x16.float() - x).abs() @ self.per_dx).item() + 2**-25
         a = self.screen(x16).float()[0]  # (V,)
-        # at most the k-th largest a, and cheaper to find than it: the k-th largest of the maxima of
-        # 4k groups (tokens j, j + 4k, j + 8k, ...), since k of the groups hold an a at least that
+        # t: the k-th largest of the maxima of 4k groups (tokens j, j + 4k, j + 8k, ...), at most the
+        # k-th largest a since k groups hold an a at least t, and cheaper to find (no top-k over V)
         groups = F.pad(a, (0, -a.numel() % (4 * k)), value=-math.inf).view(-1, 4 * k).amax(0)  # (4k,)
-        kth = groups.topk(k).values[-1].item()
-        low = kth - self.U * abs(kth) - e  # the k-th largest exact logit is at least this
+        t = groups.topk(k).values[-1].item()
+        low = t - self.U * abs(t) - e  # the k-th largest exact logit is at least this
         y = low - e  # keep the tokens with a + U |a| >= y: a >= cut (a + U |a| grows with a)
         cut = y / (1 + self.U) if y >= 0 else y / (1 - self.U)
         cut -= 2**-20 * abs(cut)  # comparing with a casts cut to float32, which may round it up
