@@ -4,8 +4,8 @@ where the speed of a token is set by how fast the weights stream from memory.
     ready_for_decoding(model, device, dtype)   eval mode, cast once, and on a CPU in float32:
     prepare_for_decoding(model)                every nn.Linear swapped for a DecodingLinear (one row
                                                reads its weights through F.embedding_bag), the output
-                                               layer for a ScreenedOutput (its top k logits read
-                                               half the bytes)
+                                               layer for a ScreenedOutput (which finds the top k
+                                               logits from half the bytes)
 
 sample.py, serve.py and bench.py lay models out this way before decoding them (engine.py).
 """
@@ -104,9 +104,9 @@ class ScreenedOutput(DecodingLinear):
         #   + U |a| + 2**-25                                     s rounded to float16 (normal, subnormal)
         # = e + U |a|, with e = |x16| . per_x16 + |x16 - x| . m + 2**-25. That holds while no |s|
         # overflows float16, as |x16| . m16 (1 + gamma), the reach, tells.
-        w64, w16 = w.double(), w.half().double()  # (V, C) each
+        w16 = w.half().float()  # (V, C); w - w16, what rounding dropped, is exact in float32
         gamma = self.in_features * 2.0**-24 / (1 - self.in_features * 2.0**-24)
-        d, m, m16 = (w16 - w64).abs().amax(0), w64.abs().amax(0), w16.abs().amax(0)  # (C,) each
+        d, m, m16 = [t.amax(0).double() for t in ((w - w16).abs(), w.abs(), w16.abs())]  # (C,) each
         per_x16 = torch.stack([d + gamma * m16, m16 * (1 + gamma)], 1)  # (C, 2): e's part, the reach
         # in float32 with room to spare: these sums round too (by less than gamma)
         self.register_buffer("per_x16", (per_x16 * (1 + 2**-10)).float(), persistent=False)  # (C, 2)
