@@ -71,11 +71,11 @@ class DecodingLinear(nn.Module):
 
 class ScreenedOutput(DecodingLinear):
     """The output layer (no bias) in the decoding layout: a DecodingLinear that can also find the k
-    largest logits of one row while streaming half the bytes. Sampling with top_k reads only those
+    largest logits of each row while streaming half the bytes. Sampling with top_k reads only those
     k, and the output layer is most of a small model's weights (GPT-2's 50,257 tokens).
     1. Every logit is computed from a float16 copy of the weights: a, off the exact logit by at most
        e + U |a|, a bound proven from the rounding errors (worked out below; e is computed for
-       each x, and U is float16's rounding of a).
+       each row x, and U is float16's rounding of a).
     2. Take any t at most the k-th largest a. At least k tokens have a >= t, so exact logits of at
        least low = t - U |t| - e (a - U |a| grows with a), and so has the k-th largest exact logit.
        A token whose a + e + U |a| is below low cannot be among the k largest.
@@ -87,13 +87,17 @@ class ScreenedOutput(DecodingLinear):
     MAX_SHARE = 0.25  # more candidates than this share of the vocabulary: compute every logit instead
     U = 2.0**-11 / (1 - 2.0**-11)  # |a - s| <= U |a| for a = float16(s), s in float16's normal range
     F16_MAX = 65504.0  # float16's largest finite value
+    SCREEN_BLOCK = 2**18  # bytes of float16 weights per block of the screen: a share of a core's L2
 
     def __init__(self, linear, n):
         super().__init__(linear, n)
         assert linear.bias is None
         w = linear.weight.detach()  # (V, C)
         self.register_buffer("weight", w, persistent=False)  # the token embedding's, when tied
-        self.screen = DecodingLinear(linear, n).half()  # the same layout in float16
+        # the same layout in float16, in blocks small enough that several rows read each block once
+        # from memory and again from the cache (see screen)
+        width = max(1, self.SCREEN_BLOCK // (2 * self.in_features))  # outputs per block
+        self.screen_layer = DecodingLinear(linear, max(n, -(-self.out_features // width))).half()
         # The bound. x16 = float16(x), w16 = float16(w); a = float16(s), s the float32 sum of the
         # products x16 * w16, each exact in float32 (11 + 11 significant bits). Per input j, over
         # the vocabulary, rounding moved w by at most d[j], and |w16| <= m16[j], |w| <= m[j]. With
@@ -113,33 +117,58 @@ class ScreenedOutput(DecodingLinear):
         self.register_buffer("per_dx", (m * (1 + 2**-10)).float()[:, None], persistent=False)  # (C, 1)
 
     def top_logits(self, x, k):
-        """The k largest logits of x (B, C), (B, k), and their token ids (B, k)."""
-        candidates = self.candidates(x, k) if x.size(0) == 1 else None  # a batch reads every weight anyway
-        if candidates is None:
+        """The k largest logits of each row of x (B, C), (B, k), and their token ids (B, k)."""
+        found = self.candidates(x, k)
+        if found is None:
             return torch.topk(self(x), k, dim=-1)
-        exact = self.weight.index_select(0, candidates) @ x[0]  # (K,)
-        values, picks = exact.topk(k)  # (k,) each
-        return values[None], candidates.index_select(0, picks)[None]  # (1, k) each
+        rows, ids = found  # (K,) each, row by row
+        exact = (self.weight.index_select(0, ids) @ x.T).gather(1, rows[:, None])[:, 0]  # (K,)
+        if x.size(0) == 1:  # the one row's candidates are all there are
+            values, picks = exact.topk(k)  # (k,) each
+            return values[None], ids.index_select(0, picks)[None]  # (1, k) each
+        # each row's candidates side by side, (B, most), padded with -inf, then each row's top k
+        count = torch.bincount(rows, minlength=x.size(0))  # (B,)
+        place = torch.arange(rows.numel()) - (count.cumsum(0) - count).index_select(0, rows)  # (K,)
+        table = exact.new_full((x.size(0), int(count.max())), -math.inf).index_put_((rows, place), exact)
+        values, picks = table.topk(k, dim=-1)  # (B, k) each
+        id_table = torch.zeros_like(table, dtype=torch.long).index_put_((rows, place), ids)
+        return values, id_table.gather(1, picks)  # (B, k) each
 
     def candidates(self, x, k):
-        """The ids (K,) of the tokens whose logit for one row x (1, C) may be among the k largest,
-        K >= k, from the float16 screen; None where the screen cannot tell."""
-        x16 = x.half()  # (1, C)
-        part, reach = (x16.float().abs() @ self.per_x16)[0].tolist()
-        if not reach < self.F16_MAX:  # logits may overflow float16 (or x did, or is NaN): no screen
+        """(rows, ids), (K,) each: the tokens whose logit in that row of x (B, C) may be among the k
+        largest, at least k a row, from the float16 screen; None where the screen cannot tell."""
+        x16 = x.half()  # (B, C)
+        part, reach = (x16.float().abs() @ self.per_x16).unbind(1)  # (B,) each
+        if not bool((reach < self.F16_MAX).all()):  # logits may overflow float16 (or x did, or is NaN)
             return None
-        e = part + ((x16.float() - x).abs() @ self.per_dx).item() + 2**-25
-        a = self.screen(x16).float()[0]  # (V,)
-        # t: the k-th largest of the maxima of 4k groups (tokens j, j + 4k, j + 8k, ...), at most the
-        # k-th largest a since k groups hold an a at least t, and cheaper to find (no top-k over V)
-        groups = F.pad(a, (0, -a.numel() % (4 * k)), value=-math.inf).view(-1, 4 * k).amax(0)  # (4k,)
-        t = groups.topk(k).values[-1].item()
-        low = t - self.U * abs(t) - e  # the k-th largest exact logit is at least this
+        e = part + ((x16.float() - x).abs() @ self.per_dx)[:, 0] + 2**-25  # (B,)
+        a = self.screen(x16).float()  # (B, V)
+        # t: the k-th largest of the maxima of 4k groups (tokens j, j + 4k, j + 8k, ..., up to a
+        # multiple of 4k), at most the k-th largest a since k groups hold an a at least t, and
+        # cheaper to find (no top-k over V); a small vocabulary is one group a token
+        g = 4 * k
+        groups = a[:, :a.size(1) // g * g].unflatten(1, (-1, g)).amax(1) if a.size(1) >= g else a  # (B, g or V)
+        t, e = groups.topk(k).values[:, -1].double(), e.double()  # (B,) each
+        low = t - self.U * t.abs() - e  # the k-th largest exact logit is at least this, (B,)
         y = low - e  # keep the tokens with a + U |a| >= y: a >= cut (a + U |a| grows with a)
-        cut = y / (1 + self.U) if y >= 0 else y / (1 - self.U)
-        cut -= 2**-20 * abs(cut)  # comparing with a casts cut to float32, which may round it up
-        candidates = (a >= cut).nonzero()[:, 0]  # (K,)
-        return candidates if candidates.numel() <= self.MAX_SHARE * self.out_features else None
+        cut = torch.where(y >= 0, y / (1 + self.U), y / (1 - self.U))  # (B,)
+        cut = (cut - 2**-20 * (t.abs() + e)).float()  # below float64's roundings, and float32's of cut
+        rows, ids = (a >= cut[:, None]).nonzero(as_tuple=True)  # (K,) each
+        return (rows, ids) if ids.numel() <= self.MAX_SHARE * a.numel() else None
+
+    def screen(self, x16):
+        """The float16 logits of x16 (B, C), (B, V). Several rows: bag (j, r) sums block j's rows
+        weighted by row r, and one block's bags come one after another, so that each block is
+        read from memory once and from the cache for the other rows (a float16 bmm is slow here)."""
+        layer = self.screen_layer
+        if x16.size(0) == 1:
+            return layer(x16)
+        n, B, C = layer.n, x16.size(0), self.in_features
+        ids = layer.row_ids.view(n, 1, C).expand(n, B, C).reshape(-1)  # (n * B * C,)
+        weights = x16.expand(n, B, C).reshape(-1)  # (n * B * C,)
+        y = F.embedding_bag(ids, layer.rows, torch.arange(0, n * B * C, C), mode="sum",
+                            per_sample_weights=weights)  # (n * B, out/n)
+        return y.view(n, B, -1).transpose(0, 1).reshape(B, -1)[:, :self.out_features]  # (B, V)
 
 
 def prepare_for_decoding(model):

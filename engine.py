@@ -369,7 +369,7 @@ class Engine:
         self.cache.add(cache, row)
         if row is None:
             self.active.append(request)
-        self._take(request, x)
+        self._take(request, *self.model.top_logits(x, request.settings["top_k"] or None))  # (1, V or k)
 
     def _restart_full_windows(self):
         """A row whose cache is full restarts its window at its last tokens, as GPT.generate_stream
@@ -387,21 +387,19 @@ class Engine:
         tokens = torch.tensor([[self.active[i].ids[-1]] for i in rows], device=self.device)  # (n, 1)
         self.cache.begin_step(rows)
         x = self.model.hidden_states(tokens, self.cache)[:, -1]  # (n, C)
-        if len(rows) == 1:  # its top_k logits alone may cost less than all of them (GPT.top_logits)
-            self._take(self.active[rows[0]], x)
-            return
-        logits = self.model.lm_head(x)  # (n, V): every row's, in one read of the weights
+        top_ks = {self.active[i].settings["top_k"] or None for i in rows}
+        # every row's logits in one read of the weights; with one top_k for all, perhaps just those
+        # k (GPT.top_logits), else all of them
+        logits, ids = self.model.top_logits(x, top_ks.pop() if len(top_ks) == 1 else None)  # (n, k or V)
         for j, i in enumerate(rows):
-            self._take(self.active[i], logits=logits[j:j + 1])
+            self._take(self.active[i], logits[j:j + 1], None if ids is None else ids[j:j + 1])
 
-    def _take(self, request, x=None, logits=None):
-        """Draw a request's next token, with its own settings and generator, from its last hidden
-        state x (1, C) or from its logits (1, V)."""
+    def _take(self, request, logits, ids=None):
+        """Draw a request's next token from its logits (1, V), or from the logits of just the tokens
+        ids (1, k), with its own settings and generator."""
         s = request.settings
-        top_k, ids = s["top_k"] or None, None
-        if logits is None:
-            logits, ids = self.model.top_logits(x, top_k)  # (1, V) and None, or (1, k) each
-        token = sample_logits(logits, s["temperature"], top_k, s["top_p"], request.generator, ids).item()
+        token = sample_logits(logits, s["temperature"], s["top_k"] or None, s["top_p"], request.generator,
+                              ids).item()
         request.ids.append(token)
         request.made += 1
         if token == self.tok.eot_token:

@@ -59,10 +59,25 @@ def test_screened_output_finds_the_k_largest_logits_that_float16_alone_gets_wron
     assert set(ids[0].tolist()) == want, len(set(ids[0].tolist()) ^ want)
     assert torch.allclose(values[0].double(), exact[ids[0]], rtol=0, atol=5e-6)  # float32's rounding
     assert set(rough[0].tolist()) != want, "the test needs ties float16 cannot break"
-    # a batch is one read of the weights for all its rows: every logit, then the top k
+
+
+def test_screened_output_finds_each_rows_top_k_in_a_batch():
+    linear, x, want = near_ties()
+    torch.manual_seed(2)
+    rows = torch.cat([x, 1.5 * x, -x])  # (3, C): near ties twice, then the other rows' largest
+    layer = ScreenedOutput(linear, 2)
+    layer.MAX_SHARE = 0.5  # in 3,000 tokens, -x's 200 largest are ~2,000 candidates: keep screening
     with torch.no_grad():
-        values, ids = layer.top_logits(x.expand(2, -1), 200)
-    assert ids.shape == (2, 200) and set(ids[1].tolist()) == want
+        values, ids = layer.top_logits(rows, 200)
+        screened = layer.screen(rows.half()).float()  # (3, V): all rows in one pass
+        assert (screened - linear(rows)).abs().max() < 0.01, "each row gets its own float16 logits"
+        count = layer.candidates(rows, 200)[0].bincount().tolist()
+    assert count[:2] == [400, 400] and count[2] > 400, count
+    assert ids.shape == values.shape == (3, 200)
+    for r in range(3):
+        exact = linear.weight.double() @ rows[r].double()  # (V,)
+        assert set(ids[r].tolist()) == (want if r < 2 else top_ids(linear, rows[r:r + 1], 200)), r
+        assert torch.allclose(values[r].double(), exact[ids[r]], rtol=0, atol=5e-6), r
 
 
 @pytest.mark.parametrize("case", ["random", "near ties"])
@@ -75,7 +90,9 @@ def test_screened_output_keeps_every_token_that_may_be_in_the_top_k_and_few_othe
         (linear, x, _), k = near_ties(), 150
         most = 450
     with torch.no_grad():
-        candidates = ScreenedOutput(linear, 2).candidates(x, k).tolist()
+        rows, ids = ScreenedOutput(linear, 2).candidates(x, k)
+    candidates = ids.tolist()
+    assert rows.tolist() == [0] * len(candidates)
     assert top_ids(linear, x, k) <= set(candidates) and len(set(candidates)) == len(candidates)
     assert len(candidates) <= most and (case == "random" or len(candidates) >= 400), len(candidates)
 
@@ -91,7 +108,7 @@ def test_screened_output_computes_every_logit_when_float16_cannot_screen(monkeyp
             huge[0, 0] = big
             want = torch.topk(layer(huge), 10)
             with monkeypatch.context() as patch:
-                patch.setattr(layer.screen, "forward", lambda x: pytest.fail(f"screened x[0] = {big}"))
+                patch.setattr(layer, "screen", lambda x: pytest.fail(f"screened x[0] = {big}"))
                 values, ids = layer.top_logits(huge, 10)
             assert torch.equal(ids, want.indices) and torch.equal(values, want.values)
         linear.weight.copy_(linear.weight[:1].expand(400, -1))  # every logit ties: all are candidates
@@ -132,20 +149,21 @@ def test_decoding_layout_greedy_decodes_like_the_plain_model_for_any_thread_coun
     assert got == want, (got, want)
 
 
-def test_decoding_layout_samples_the_tokens_the_plain_model_samples_with_top_k(monkeypatch):
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decoding_layout_samples_the_tokens_the_plain_model_samples_with_top_k(monkeypatch, rows):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=500, n_layer=2, n_head=2, n_embd=32)).eval()
     fast = ready_for_decoding(copy.deepcopy(model))
     screened = []
-    screen = fast.lm_head.screen.forward
-    monkeypatch.setattr(fast.lm_head.screen, "forward", lambda x: screened.append(1) or screen(x))
-    prompt = torch.tensor([[1, 2, 3]])
+    screen = fast.lm_head.screen
+    monkeypatch.setattr(fast.lm_head, "screen", lambda x: screened.append(len(x)) or screen(x))
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]][:rows])
     runs = []
     for m in (model, fast):
         torch.manual_seed(4)  # past block_size 32: the window restarts (a prefill) twice
-        runs.append(torch.cat(list(m.generate_stream(prompt, 60, temperature=1.0, top_k=40))).tolist())
-    assert runs[0] == runs[1] and len(set(runs[0])) > 20, runs
-    assert len(screened) == 60, f"the screen ran for {len(screened)} of 60 tokens"
+        runs.append(torch.stack(list(m.generate_stream(prompt, 60, temperature=1.0, top_k=40))).tolist())
+    assert runs[0] == runs[1] and len({t for step in runs[0] for t in step}) > 20, runs
+    assert screened == [rows] * 60, f"the screen ran for {len(screened)} of 60 tokens"
 
 
 def test_float16_on_cpu_keeps_plain_linears_and_greedy_matches_no_cache_decoding():
