@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -387,12 +386,12 @@ def timed(fn, device):
     return time.perf_counter() - t0
 
 
-@lru_cache(maxsize=None)
 def memory_bandwidth(device, quick=False):
     """Bytes per second read by a sum over a tensor larger than the caches, best of several: the
     speed at which weights can stream in (decoding reads them, and writes next to nothing). Random
     values, not a constant: a VM that merges identical memory pages would fold a tensor of ones into
-    one page, read from cache at several times the memory's speed."""
+    one page, read from cache at several times the memory's speed. Read afresh on every call: the
+    speed drifts within minutes (BENCH.md)."""
     data = torch.rand((8 if quick else 64) * 2**20, device=device)  # 32 or 256 MB of float32
     best = float("inf")
     for _ in range(3 if quick else 10):

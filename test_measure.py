@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY
 from configurator import UserError
-from measure import iteration_rows, measure_processes, read_rows, time_to_target, watch_training
+from measure import iteration_rows, measure_processes, memory_bandwidth, read_rows, time_to_target, watch_training
 
 
 def test_watch_training_stops_the_run_when_asked_and_at_its_time_limit(data_dir, tmp_path):
@@ -68,3 +68,10 @@ def test_measure_processes_takes_turns_and_reports_each_commands_median():
     assert runs["short"]["seconds"] == sorted(runs["short"]["runs_s"])[1], "the median of the three"
     assert 0.05 <= runs["short"]["seconds"] < runs["long"]["seconds"] and runs["long"]["seconds"] >= 0.4
     assert runs["long"]["peak_rss_mb"] > 0
+
+
+def test_memory_bandwidth_is_measured_afresh_on_every_call():
+    # bench.py reads it before and after the timed decodings: a remembered first reading would be
+    # both (it was, for a while)
+    reads = [memory_bandwidth("cpu", quick=True) for _ in range(2)]
+    assert reads[0] != reads[1] and min(reads) > 1e8, reads
