@@ -84,7 +84,7 @@ class ScreenedOutput(DecodingLinear):
     So the k largest logits are those of the float32 product (to float32 rounding, which also
     depends on the order of the sum), for the cost of float16 weights and a few float32 rows."""
 
-    MAX_SHARE = 0.25  # more candidates than this share of the vocabulary: compute every logit instead
+    MAX_SHARE = 0.25  # more candidates than this share of all the logits: compute every logit instead
     U = 2.0**-11 / (1 - 2.0**-11)  # |a - s| <= U |a| for a = float16(s), s in float16's normal range
     F16_MAX = 65504.0  # float16's largest finite value
     SCREEN_BLOCK = 2**18  # bytes of float16 weights per block of the screen: a share of a core's L2

@@ -130,16 +130,19 @@ def test_batched_greedy_decoding_gives_each_request_exactly_what_it_gets_alone(v
         assert tokens == want, (tok.decode(prompt), tok.decode(tokens), tok.decode(want))
 
 
-@pytest.mark.parametrize("layout", ["plain", "decoding"])
-def test_a_seeded_request_in_a_batch_samples_what_sample_py_samples_with_that_seed(layout):
+@pytest.mark.parametrize("layout, others_top_k", [("plain", 20), ("decoding", 20), ("decoding", 0)])
+def test_a_seeded_request_in_a_batch_samples_what_sample_py_samples_with_that_seed(layout, others_top_k):
     engine = tiny_engine(seed=1, block_size=32, max_batch=4)
-    if layout == "decoding":  # as serve.py runs it: alone, its top_k come screened (ScreenedOutput)
-        ready_for_decoding(engine.model)
+    screened = []  # the rows of each screen
+    if layout == "decoding":  # as serve.py runs it: the top_k of a step whose rows share top_k come
+        ready_for_decoding(engine.model)  # screened (ScreenedOutput); mixed steps read every logit
+        screen = engine.model.lm_head.screen
+        engine.model.lm_head.screen = lambda x: screened.append(len(x)) or screen(x)
     settings = dict(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=40, seed=7)
     prompt = engine.tok.encode("Once")
     torch.manual_seed(7)  # as sample.py --seed=7 does
     want = "".join(stream_text(engine.model, engine.tok, prompt, settings))
-    others = [dict(settings, seed=s, temperature=1.5) for s in (1, 2, 3)]
+    others = [dict(settings, seed=s, temperature=1.5, top_k=others_top_k) for s in (1, 2, 3)]
     try:
         got = run_together(engine, [prompt] + [engine.tok.encode("Hi")] * 3, [settings] + others)
     finally:
@@ -147,6 +150,7 @@ def test_a_seeded_request_in_a_batch_samples_what_sample_py_samples_with_that_se
     texts = [engine.tok.decode(tokens) for tokens in got]
     assert texts[0] == want and engine.busiest == 4, (texts[0], want, engine.busiest)
     assert len(set(texts[1:])) == 3, "different seeds should give different texts"
+    assert (4 in screened) == (layout == "decoding" and others_top_k == 20), screened
 
 
 def test_the_queue_is_bounded_and_cancelled_requests_leave_it():
