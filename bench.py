@@ -144,7 +144,7 @@ def write_recipe(folder):
 def bench_sample(cfg, device):
     """Decoding speed with and without the KV cache, batch 1 and 8, same weights and seed; past the
     context window; and Hugging Face's cached generate on the same weights, when installed."""
-    from decoding import ready_for_decoding
+    from decoding import ScreenedOutput, ready_for_decoding
     from engine import SAMPLING
 
     torch.manual_seed(cfg.seed)
@@ -158,7 +158,7 @@ def bench_sample(cfg, device):
     model = ready_for_decoding(model, device, cfg.dtype)  # as sample.py runs it
     # sampling with top_k, the CPU decoding layout reads its float32 output layer in float16 instead
     # (decoding.ScreenedOutput), and a few float32 rows of it
-    read_bytes = weight_bytes - (model.lm_head.weight.numel() * 2 if hasattr(model.lm_head, "screen") else 0)
+    read_bytes = weight_bytes - (model.lm_head.weight.numel() * 2 if isinstance(model.lm_head, ScreenedOutput) else 0)
     one = torch.zeros(1, 1, dtype=torch.long, device=device)  # a one-token prompt
     eight = torch.zeros(8, 1, dtype=torch.long, device=device)
     # the same weights with a quarter of the context: the new tokens run past it (GPT.generate_stream

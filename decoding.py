@@ -138,10 +138,11 @@ class ScreenedOutput(DecodingLinear):
         """(rows, ids), (K,) each: the tokens whose logit in that row of x (B, C) may be among the k
         largest, at least k a row, from the float16 screen; None where the screen cannot tell."""
         x16 = x.half()  # (B, C)
-        part, reach = (x16.float().abs() @ self.per_x16).unbind(1)  # (B,) each
+        rounded = x16.float()  # (B, C): x as the screen sees it
+        part, reach = (rounded.abs() @ self.per_x16).unbind(1)  # (B,) each
         if not bool((reach < self.F16_MAX).all()):  # logits may overflow float16 (or x did, or is NaN)
             return None
-        e = part + ((x16.float() - x).abs() @ self.per_dx)[:, 0] + 2**-25  # (B,)
+        e = part + ((rounded - x).abs() @ self.per_dx)[:, 0] + 2**-25  # (B,)
         a = self.screen(x16).float()  # (B, V)
         # t: the k-th largest of the maxima of 4k groups (tokens j, j + 4k, j + 8k, ..., up to a
         # multiple of 4k), at most the k-th largest a since k groups hold an a at least t, and
@@ -157,12 +158,10 @@ class ScreenedOutput(DecodingLinear):
         return (rows, ids) if ids.numel() <= self.MAX_SHARE * a.numel() else None
 
     def screen(self, x16):
-        """The float16 logits of x16 (B, C), (B, V). Several rows: bag (j, r) sums block j's rows
-        weighted by row r, and one block's bags come one after another, so that each block is
-        read from memory once and from the cache for the other rows (a float16 bmm is slow here)."""
-        layer = self.screen_layer
-        if x16.size(0) == 1:
-            return layer(x16)
+        """The float16 logits of x16 (B, C), (B, V): bag (j, r) sums block j's rows weighted by row
+        r, and one block's bags come one after another, so that with several rows each block is
+        read from memory once and from the cache for the others (a float16 bmm is slow here)."""
+        layer = self.screen_layer  # its layout; its forward would take one row only
         n, B, C = layer.n, x16.size(0), self.in_features
         ids = layer.row_ids.view(n, 1, C).expand(n, B, C).reshape(-1)  # (n * B * C,)
         weights = x16.expand(n, B, C).reshape(-1)  # (n * B * C,)
